@@ -1,0 +1,1 @@
+"""Detectron2 adapters: the only place in the package that reads ``cfg.MODEL.*``."""

@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""resnet_backbone: the ResNet paper (He et al., CVPR 2016) as a Detectron2 plugin.
+
+detectron2 is not on PyPI under its own name, so it is not an install requirement here:
+`python tools/setup_env.py` (or `make setup`) provides it.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="resnet_backbone",
+    version="0.1.0",
+    description="Paper-faithful ResNets (He et al., 2016) as a Detectron2 backbone plugin",
+    python_requires=">=3.10",
+    packages=find_packages(include=["resnet_backbone", "resnet_backbone.*"]),
+    install_requires=[
+        "torch>=1.13",
+        "torchvision>=0.14",
+        "fvcore",
+        "pycocotools>=2.0.2",
+        "numpy",
+        "Pillow",
+        "matplotlib",
+        "PyYAML",
+        "tqdm",
+        "tabulate",
+    ],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+)

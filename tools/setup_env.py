@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Make the active Python environment ready for resnet_backbone. Idempotent; fast when all is there.
+
+Steps (each logged; a failure names the step and what to do):
+  1. torch + torchvision   (torch==2.14.1 / torchvision==0.29.1 when torch is missing; see README)
+  2. detectron2            (keep an installed one; else the official source install; else the
+                            official v0.6 source release from PyPI, `pb1-detectron2==0.6`, built with an
+                            empty `detectron2._C` and the version pins v0.6 needs)
+  3. the project itself    (`pip install -e .[test]`, editable, pointing at this checkout)
+"""
+import argparse
+import hashlib
+import importlib
+import importlib.metadata as md
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+D2_GIT = "git+https://github.com/facebookresearch/detectron2.git"
+D2_SDIST = "pb1-detectron2==0.6"
+D2_SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+# detectron2 v0.6 uses np.int/np.bool (removed in numpy 1.24), Image.LINEAR (removed in Pillow 10) and
+# pkg_resources (removed in setuptools 81); torch wants setuptools>=77.0.3.
+V06_PINS = ["numpy<1.24", "Pillow<10", "setuptools>=77.0.3,<81"]
+EMPTY_EXT = (
+    "// Empty extension: the v0.6 sdist on PyPI omits detectron2/layers/csrc. Written by resnet_backbone's\n"
+    "// tools/setup_env.py so that `from detectron2 import _C` succeeds; compiled ops are unavailable.\n"
+    "#include <torch/extension.h>\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}\n"
+)
+
+
+class StepError(RuntimeError):
+    pass
+
+
+def log(msg):
+    print(f"[setup_env {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def pip(*args, constraints=None, check=True, timeout=None):
+    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args]
+    if constraints:
+        cmd += ["-c", str(constraints)]
+    log("$ " + " ".join(cmd))
+    try:
+        res = subprocess.run(cmd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    if check and res.returncode != 0:
+        raise StepError(f"pip failed ({res.returncode}): {' '.join(cmd)}")
+    return res.returncode == 0
+
+
+def importable(mod):
+    """Import in a fresh interpreter, so a half-installed package in this process does not fool us."""
+    res = subprocess.run([sys.executable, "-c", f"import {mod}"], capture_output=True, text=True)
+    return res.returncode == 0, res.stderr.strip().splitlines()[-1:] if res.returncode else []
+
+
+def dist_version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def step_torch(_workdir):
+    ok_t, _ = importable("torch")
+    ok_v, err = importable("torchvision.ops")
+    if ok_t and ok_v:
+        log(f"torch {dist_version('torch')} / torchvision {dist_version('torchvision')}: present")
+        return
+    if ok_t and not ok_v:
+        log(f"torchvision missing or broken beside torch {dist_version('torch')}: {err}")
+    pip(*TORCH_PINS)
+    ok_v, err = importable("torchvision.ops")
+    if not ok_v:
+        raise StepError(f"torchvision still does not import: {err}. Install a torch/torchvision pair "
+                        f"that match (e.g. {' '.join(TORCH_PINS)}) and re-run.")
+
+
+def v06_constraints(workdir):
+    path = Path(workdir) / "d2_v06_constraints.txt"
+    path.write_text("\n".join(V06_PINS) + "\n")
+    return path
+
+
+def detectron2_is_v06():
+    return any(dist_version(n) == "0.6" for n in ("pb1-detectron2", "detectron2"))
+
+
+def detectron2_ready():
+    ok, err = importable("detectron2.engine")
+    return ok, err
+
+
+def build_v06(workdir):
+    cons = v06_constraints(workdir)
+    log(f"detectron2 fallback: official v0.6 source release from PyPI ({D2_SDIST}) with pins {V06_PINS}")
+    pip(*V06_PINS, constraints=cons)
+    dl = Path(workdir) / "sdist"
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+           "--no-binary", ":all:", "--no-build-isolation", D2_SDIST, "-d", str(dl)]
+    log("$ " + " ".join(cmd))
+    if subprocess.run(cmd).returncode != 0:
+        raise StepError(f"could not download {D2_SDIST} from PyPI")
+    archives = sorted(dl.glob("pb1*detectron2-0.6.tar.gz"))
+    if not archives:
+        raise StepError(f"no sdist archive found in {dl}: {list(dl.iterdir())}")
+    digest = hashlib.sha256(archives[0].read_bytes()).hexdigest()
+    if digest != D2_SDIST_SHA256:
+        raise StepError(f"sha256 of {archives[0].name} is {digest}, expected {D2_SDIST_SHA256}: refusing it")
+    log(f"sha256 verified: {digest}")
+    with tarfile.open(archives[0]) as tar:
+        # the "data" filter refuses absolute paths and links out of the folder (Python >= 3.10.12)
+        kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(dl, **kw)
+    src = next(p for p in dl.iterdir() if p.is_dir() and (p / "setup.py").exists())
+    csrc = src / "detectron2" / "layers" / "csrc"
+    csrc.mkdir(parents=True, exist_ok=True)
+    if not (csrc / "vision.cpp").exists():
+        (csrc / "vision.cpp").write_text(EMPTY_EXT)
+    pip("--no-build-isolation", str(src), constraints=cons)
+
+
+def step_detectron2(workdir):
+    ok, err = detectron2_ready()
+    if ok:
+        log(f"detectron2 {dist_version('detectron2') or dist_version('pb1-detectron2')}: present")
+        return
+    if importable("detectron2")[0]:
+        log(f"detectron2 is installed but detectron2.engine does not import: {err}")
+        if detectron2_is_v06():
+            log("re-applying the v0.6 pins")
+            pip(*V06_PINS, constraints=v06_constraints(workdir))
+            if detectron2_ready()[0]:
+                return
+    log("detectron2: trying the official source install")
+    if pip("--no-build-isolation", D2_GIT, check=False, timeout=1800) and detectron2_ready()[0]:
+        return
+    log("official source install failed (no GitHub access?); using the v0.6 fallback")
+    build_v06(workdir)
+    ok, err = detectron2_ready()
+    if not ok:
+        raise StepError(f"detectron2 built but `import detectron2.engine` fails: {err}")
+
+
+def project_ready():
+    code = ("import resnet_backbone, pytest, hypothesis, matplotlib, fvcore, pycocotools, os, sys;"
+            f"sys.exit(0 if os.path.realpath(resnet_backbone.__file__).startswith({str(REPO)!r}) else 3)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd="/")
+    return res.returncode == 0
+
+
+def step_project(workdir):
+    if project_ready():
+        log(f"resnet_backbone (editable, {REPO}) and test requirements: present")
+        return
+    cons = v06_constraints(workdir) if detectron2_is_v06() else None
+    pip("--no-build-isolation", "-e", f"{REPO}[test]", constraints=cons)
+    if not project_ready():
+        raise StepError("resnet_backbone installed but does not import from this checkout")
+
+
+STEPS = [("torch", step_torch), ("detectron2", step_detectron2), ("project", step_project)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    t0 = time.time()
+    log(f"python {sys.executable} ({sys.version.split()[0]})")
+    with tempfile.TemporaryDirectory(prefix="rb_setup_") as workdir:
+        for name, fn in STEPS:
+            log(f"step '{name}'")
+            try:
+                fn(workdir)
+            except Exception as e:  # noqa: BLE001 - every failure is reported with its step
+                log(f"FAILED at step '{name}': {e}")
+                log("Fix the cause above and run `make setup` again; finished steps are kept. "
+                    "See README 'Installing detectron2'.")
+                return 1
+    log(f"environment ready in {time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
