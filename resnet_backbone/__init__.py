@@ -7,21 +7,11 @@ from .config import add_resnet_backbone_config
 from .modeling import create_model, list_models
 from .d2 import backbones as _backbones  # registers the backbones into BACKBONE_REGISTRY
 from .d2 import roi_heads as _roi_heads  # registers the C4 / VGG heads into ROI_HEADS / ROI_BOX_HEAD
-from .d2.backbones import (
-    build_resnet_backbone,
-    build_resnet_fpn_backbone,
-    build_retinanet_resnet_fpn_backbone,
-    build_vgg16_backbone,
-)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "add_resnet_backbone_config",
-    "build_resnet_backbone",
-    "build_resnet_fpn_backbone",
-    "build_retinanet_resnet_fpn_backbone",
-    "build_vgg16_backbone",
     "create_model",
     "list_models",
 ]

@@ -1,0 +1,1 @@
+"""Registered detectron2 backbone builders (filled in by the detectron2-integration work)."""

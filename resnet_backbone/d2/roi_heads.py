@@ -1,0 +1,1 @@
+"""Registered ROI heads (filled in by the detectron2-integration work)."""
