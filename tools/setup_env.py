@@ -11,6 +11,8 @@ Steps (each logged; a failure names the step and what to do):
 import argparse
 import hashlib
 import importlib
+import importlib.util
+import json
 import importlib.metadata as md
 import os
 import subprocess
@@ -152,10 +154,19 @@ def step_detectron2(workdir):
 
 
 def project_ready():
-    code = ("import resnet_backbone, pytest, hypothesis, matplotlib, fvcore, pycocotools, os, sys;"
-            f"sys.exit(0 if os.path.realpath(resnet_backbone.__file__).startswith({str(REPO)!r}) else 3)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd="/")
-    return res.returncode == 0
+    """Installed editable from this checkout, with every requirement of setup.py and the test extra importable."""
+    try:
+        info = json.loads(md.distribution("resnet_backbone").read_text("direct_url.json") or "{}")
+    except md.PackageNotFoundError:
+        return False
+    url = info.get("url", "")
+    if not (info.get("dir_info", {}).get("editable") and url.startswith("file://")):
+        return False
+    if os.path.realpath(url[len("file://"):]) != os.path.realpath(REPO):
+        return False
+    mods = ["torch", "torchvision", "fvcore", "pycocotools", "numpy", "PIL", "matplotlib", "yaml", "tqdm",
+            "tabulate", "pytest", "hypothesis"]
+    return all(importlib.util.find_spec(m) is not None for m in mods)
 
 
 def step_project(workdir):
@@ -165,7 +176,7 @@ def step_project(workdir):
     cons = v06_constraints(workdir) if detectron2_is_v06() else None
     pip("--no-build-isolation", "-e", f"{REPO}[test]", constraints=cons)
     if not project_ready():
-        raise StepError("resnet_backbone installed but does not import from this checkout")
+        raise StepError(f"resnet_backbone is not installed editable from {REPO} after `pip install -e`")
 
 
 STEPS = [("torch", step_torch), ("detectron2", step_detectron2), ("project", step_project)]

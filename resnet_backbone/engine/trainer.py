@@ -1,0 +1,82 @@
+"""The detection Trainer: detectron2's DefaultTrainer with the plugin's evaluator choice and safe checkpointing."""
+import json
+import logging
+import os
+
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+from detectron2.utils import comm
+
+from ..checkpoint.checkpointer import SafeDetectionCheckpointer
+
+logger = logging.getLogger(__name__)
+
+EVALUATOR_TYPES = ("coco", "pascal_voc")
+
+
+def build_detection_evaluator(cfg, dataset_name, output_folder=None):
+    """COCO mAP@[.5:.95] / mAP@.5 (pycocotools) or VOC mAP@.5, chosen from the dataset's metadata."""
+    meta = MetadataCatalog.get(dataset_name)
+    kind = getattr(meta, "evaluator_type", None)
+    if kind == "coco":
+        out = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        # use_fast_impl=False: pycocotools' COCOeval (detectron2's C++ evaluator may not be compiled)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=out, use_fast_impl=False)
+    if kind == "pascal_voc":
+        return PascalVOCDetectionEvaluator(dataset_name)
+    raise ValueError(f"no evaluator for dataset {dataset_name!r} (evaluator_type={kind!r}); "
+                     f"supported evaluator types: {', '.join(EVALUATOR_TYPES)}")
+
+
+class Trainer(DefaultTrainer):
+    """Overrides only what differs from DefaultTrainer: evaluators, the checkpointer, NaN reporting."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return DatasetEvaluators([build_detection_evaluator(cfg, dataset_name, output_folder)])
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ creates a plain DetectionCheckpointer just before calling build_hooks, whose
+        # PeriodicCheckpointer captures it: swap in the safe one (safe loading, atomic saves) first.
+        self.checkpointer = SafeDetectionCheckpointer(
+            self.model, self.cfg.OUTPUT_DIR, trainer=self,
+            allow_partial=self.cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL,
+        )
+        return super().build_hooks()
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+            raise FloatingPointError(
+                f"non-finite loss at iteration {self.iter}; last good checkpoint: {last or 'none saved yet'} "
+                f"(resume from it with --resume, e.g. with a lower SOLVER.BASE_LR). Detail: {e}") from None
+
+
+def write_eval_results(cfg, results, config_file="", path=None):
+    """Save evaluation results as JSON beside the run (read by tools/compare.py)."""
+    if not comm.is_main_process() or not results:
+        return None
+    path = path or os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    payload = {"config": config_file, "model": cfg.MODEL.META_ARCHITECTURE, "backbone": cfg.MODEL.BACKBONE.NAME,
+               "datasets": list(cfg.DATASETS.TEST),
+               "results": _to_builtin(results)}
+    from ..checkpoint.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2))
+    return path
+
+
+def _to_builtin(obj):
+    if isinstance(obj, dict):
+        return {str(k): _to_builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_builtin(v) for v in obj]
+    try:
+        return float(obj)
+    except (TypeError, ValueError):
+        return str(obj)

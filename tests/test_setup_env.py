@@ -1,0 +1,33 @@
+"""The setup step is idempotent: a second run installs nothing and finishes quickly."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_second_setup_run_changes_nothing():
+    t0 = time.time()
+    res = subprocess.run([sys.executable, str(REPO / "tools" / "setup_env.py")], capture_output=True, text=True)
+    elapsed = time.time() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "environment ready" in res.stdout
+    assert "$ " not in res.stdout, f"setup ran pip although everything was installed:\n{res.stdout}"
+    assert elapsed < 60
+
+
+def test_setup_failure_names_the_step(monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import setup_env
+    finally:
+        sys.path.pop(0)
+
+    def boom(_workdir):
+        raise setup_env.StepError("simulated")
+
+    monkeypatch.setattr(setup_env, "STEPS", [("detectron2", boom)])
+    assert setup_env.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED at step 'detectron2': simulated" in out

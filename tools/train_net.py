@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Train / evaluate a detector of the plugin with detectron2 (Faster R-CNN ResNet-101 vs VGG-16, paper Tables 7-8).
+
+    python tools/train_net.py --config configs/coco/frcnn_r101.yaml --num-gpus 8
+    python tools/train_net.py --config-file configs/voc/frcnn_vgg16.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+
+Evaluation is chosen from the dataset: COCO mAP@[.5:.95] / mAP@.5 (pycocotools) or VOC mAP@.5.
+"""
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+
+import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
+from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
+from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
+from resnet_backbone.engine.config_io import load_config  # noqa: E402
+from resnet_backbone.engine.launch import launch_checked  # noqa: E402
+from resnet_backbone.engine.trainer import Trainer, write_eval_results  # noqa: E402
+
+logger = logging.getLogger("resnet_backbone.train_net")
+
+
+def build_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--config", dest="config_file", metavar="FILE", help="alias of --config-file")
+    return parser
+
+
+def setup(args):
+    cfg = load_config(args.config_file, args.opts)
+    register_synthetic_datasets()
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        check_dataset_registered(name)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL
+                                  ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
+    path = write_eval_results(cfg, results, config_file=args.config_file)
+    if path:
+        logger.info("evaluation results written to %s", path)
+    return results
+
+
+def cli(argv=None):
+    args = build_parser().parse_args(argv)
+    if not args.config_file:
+        build_parser().error("--config-file (or --config) is required")
+    return launch_checked(main, args)
+
+
+if __name__ == "__main__":
+    cli()
