@@ -8,6 +8,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
+from ..checkpoint.atomic import atomic_write_text
 from ..checkpoint.checkpointer import SafeDetectionCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -56,17 +57,31 @@ class Trainer(DefaultTrainer):
                 f"(resume from it with --resume, e.g. with a lower SOLVER.BASE_LR). Detail: {e}") from None
 
 
+def backbone_label(cfg) -> str:
+    """A readable name of the detector's backbone, e.g. "ResNet-101", "plain-34" or "VGG-16"."""
+    name = cfg.MODEL.BACKBONE.NAME.lower()
+    if "vgg" in name:
+        return "VGG-16"
+    family = "plain" if cfg.MODEL.RB_RESNET.SHORTCUT == "none" else "ResNet"
+    return f"{family}-{cfg.MODEL.RESNETS.DEPTH}"
+
+
 def write_eval_results(cfg, results, config_file="", path=None):
-    """Save evaluation results as JSON beside the run (read by tools/compare.py)."""
+    """Save evaluation results as JSON beside the run (read by tools/compare.py); returns the path (rank 0)."""
     if not comm.is_main_process() or not results:
         return None
+    datasets = list(cfg.DATASETS.TEST)
+    if len(datasets) == 1 and datasets[0] not in results:
+        results = {datasets[0]: results}  # DefaultTrainer.test unwraps a single dataset's results
+    per_dataset = {}
+    for ds, res in results.items():
+        entry = _to_builtin(res)
+        entry["format"] = getattr(MetadataCatalog.get(ds), "evaluator_type", None)
+        per_dataset[ds] = entry
+    payload = {"config": config_file, "label": backbone_label(cfg), "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+               "backbone": cfg.MODEL.BACKBONE.NAME, "results": per_dataset}
     path = path or os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    payload = {"config": config_file, "model": cfg.MODEL.META_ARCHITECTURE, "backbone": cfg.MODEL.BACKBONE.NAME,
-               "datasets": list(cfg.DATASETS.TEST),
-               "results": _to_builtin(results)}
-    from ..checkpoint.atomic import atomic_write_text
-
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, json.dumps(payload, indent=2))
     return path
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env python
+"""Compare finished detection runs with the paper (Tables 7-8): prints a table and writes a PNG.
+
+    python tools/compare.py output/demo/frcnn_r101 output/demo/frcnn_vgg16 --png output/demo/comparison.png
+
+Each argument is the OUTPUT_DIR of a tools/train_net.py run (training or --eval-only), e.g. real COCO/VOC runs.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from resnet_backbone.compare import comparison_rows, format_table, load_run, plot_comparison  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="OUTPUT_DIRs of finished tools/train_net.py runs")
+    parser.add_argument("--png", default="comparison.png", help="where to write the plot (mAP bars + loss curves)")
+    parser.add_argument("--markdown", default=None, help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    runs = [load_run(p) for p in args.runs]
+    rows = comparison_rows(runs)
+    table = format_table(rows)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    print(f"plot written to {plot_comparison(runs, rows, args.png)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
