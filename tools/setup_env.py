@@ -30,11 +30,18 @@ D2_SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170
 # detectron2 v0.6 uses np.int/np.bool (removed in numpy 1.24), Image.LINEAR (removed in Pillow 10) and
 # pkg_resources (removed in setuptools 81); torch wants setuptools>=77.0.3.
 V06_PINS = ["numpy<1.24", "Pillow<10", "setuptools>=77.0.3,<81"]
-EMPTY_EXT = (
-    "// Empty extension: the v0.6 sdist on PyPI omits detectron2/layers/csrc. Written by resnet_backbone's\n"
-    "// tools/setup_env.py so that `from detectron2 import _C` succeeds; compiled ops are unavailable.\n"
-    "#include <torch/extension.h>\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}\n"
-)
+# The v0.6 sdist on PyPI omits detectron2/layers/csrc: an extension with no ops, so that `from detectron2 import _C`
+# succeeds; it keeps the two version queries detectron2's collect_env_info (run by default_setup) calls.
+EMPTY_EXT = """// Written by resnet_backbone's tools/setup_env.py: detectron2 v0.6 built without its compiled ops.
+#include <torch/extension.h>
+#include <string>
+std::string get_compiler_version() { return "none (compiled ops not built: v0.6 sdist fallback)"; }
+std::string get_cuda_version() { return "none"; }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("get_compiler_version", &get_compiler_version, "get_compiler_version");
+  m.def("get_cuda_version", &get_cuda_version, "get_cuda_version");
+}
+"""
 
 
 class StepError(RuntimeError):
@@ -98,11 +105,11 @@ def detectron2_is_v06():
 
 
 def detectron2_ready():
-    ok, err = importable("detectron2.engine")
-    return ok, err
+    # engine imports evaluation, which imports detectron2._C; default_setup runs collect_env_info
+    return importable("detectron2.engine; from detectron2.utils.collect_env import collect_env_info as c; c()")
 
 
-def build_v06(workdir):
+def build_v06(workdir, rebuild=False):
     cons = v06_constraints(workdir)
     log(f"detectron2 fallback: official v0.6 source release from PyPI ({D2_SDIST}) with pins {V06_PINS}")
     pip(*V06_PINS, constraints=cons)
@@ -128,7 +135,9 @@ def build_v06(workdir):
     csrc.mkdir(parents=True, exist_ok=True)
     if not (csrc / "vision.cpp").exists():
         (csrc / "vision.cpp").write_text(EMPTY_EXT)
-    pip("--no-build-isolation", str(src), constraints=cons)
+        log(f"added {csrc / 'vision.cpp'} (no compiled ops)")
+    extra = ["--force-reinstall", "--no-deps"] if rebuild else []
+    pip("--no-build-isolation", *extra, str(src), constraints=cons)
 
 
 def step_detectron2(workdir):
@@ -143,6 +152,11 @@ def step_detectron2(workdir):
             pip(*V06_PINS, constraints=v06_constraints(workdir))
             if detectron2_ready()[0]:
                 return
+            log("rebuilding the v0.6 fallback")
+            build_v06(workdir, rebuild=True)
+            if detectron2_ready()[0]:
+                return
+            raise StepError(f"detectron2 v0.6 rebuilt but still not usable: {detectron2_ready()[1]}")
     log("detectron2: trying the official source install")
     if pip("--no-build-isolation", D2_GIT, check=False, timeout=1800) and detectron2_ready()[0]:
         return

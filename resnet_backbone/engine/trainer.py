@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import weakref
 
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
@@ -42,7 +43,7 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer.__init__ creates a plain DetectionCheckpointer just before calling build_hooks, whose
         # PeriodicCheckpointer captures it: swap in the safe one (safe loading, atomic saves) first.
         self.checkpointer = SafeDetectionCheckpointer(
-            self.model, self.cfg.OUTPUT_DIR, trainer=self,
+            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
             allow_partial=self.cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL,
         )
         return super().build_hooks()

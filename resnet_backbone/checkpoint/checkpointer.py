@@ -1,0 +1,351 @@
+"""detectron2's DetectionCheckpointer, made safe to point at files from the internet and at crashed jobs.
+
+Differences from ``detectron2.checkpoint.DetectionCheckpointer`` (v0.6 and later):
+
+* files are read only through :func:`resnet_backbone.checkpoint.safe_load.load_file` (no code runs);
+  the detectron2 model-zoo / MSRA / Caffe2 ``.pkl`` and pycls ``.pyth`` layouts are understood as
+  detectron2 understands them;
+* checkpoints and the ``last_checkpoint`` tag are written atomically (temporary file + rename), so a kill
+  during ``save`` never leaves a truncated file behind the tag;
+* after loading, missing, unexpected and shape-mismatched keys are logged with their shapes, and a load
+  that would leave more than half of the backbone uninitialised is refused before any weight is copied
+  (``allow_partial=True`` lets it through).
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+
+from .atomic import atomic_save, atomic_write_text
+from .safe_load import load_file
+
+__all__ = ["LoadReport", "SafeDetectionCheckpointer", "backbone_coverage"]
+
+Shape = Optional[Tuple[int, ...]]
+
+# Where the backbone's weights live in detectron2 models: the backbone itself, plus the res5 stage that
+# C4 models run inside the ROI head (detectron2 modeling/roi_heads/roi_heads.py, Res5ROIHeads).
+BACKBONE_PREFIXES = ("backbone.", "roi_heads.res5.")
+# A load is refused when it would leave more than this fraction of the backbone uninitialised, counted
+# in tensors or in values (either): missing convs hide behind loaded BN tensors when counting tensors,
+# missing BN tensors hide behind the convs' values when counting values.
+MAX_UNINITIALIZED_FRACTION = 0.5
+# Only learned weights count towards the guard: batch-norm statistics are not parameters, Caffe2 files
+# have none (FrozenBatchNorm2d fills in identity statistics itself when they are absent, detectron2
+# layers/batch_norm.py), and step counters carry nothing. They are still reported when missing.
+_NOT_WEIGHTS = ("running_mean", "running_var", "num_batches_tracked")
+# How many keys of each kind a refusal message quotes.
+_EXAMPLES = 5
+
+
+def _shape(value: Any) -> Shape:
+    # Lazy modules' UninitializedParameter has no shape yet.
+    uninitialized = getattr(torch.nn.parameter, "UninitializedParameter", ())
+    if uninitialized and isinstance(value, uninitialized):
+        return None
+    return tuple(value.shape) if hasattr(value, "shape") else None
+
+
+def _numel(shape: Shape) -> int:
+    return int(np.prod(shape)) if shape is not None else 0
+
+
+def _is_weight(key: str) -> bool:
+    return not key.endswith(_NOT_WEIGHTS)
+
+
+@dataclass
+class LoadReport:
+    """What one :meth:`SafeDetectionCheckpointer.load` did to the model's weights.
+
+    ``missing``: (key, shape in model) left at its initial value; ``unexpected``: (key, shape in checkpoint)
+    that the model has no place for; ``mismatched``: (key, shape in checkpoint, shape in model), skipped.
+    ``guarded_*``: the backbone's share, counted over ``guarded_prefixes`` (the whole model when it has
+    no backbone), in tensors and in values.
+    """
+
+    source: str
+    missing: List[Tuple[str, Shape]] = field(default_factory=list)
+    unexpected: List[Tuple[str, Shape]] = field(default_factory=list)
+    mismatched: List[Tuple[str, Shape, Shape]] = field(default_factory=list)
+    guarded_prefixes: Tuple[str, ...] = ()
+    guarded_tensors: int = 0
+    guarded_tensors_uninitialized: int = 0
+    guarded_values: int = 0
+    guarded_values_uninitialized: int = 0
+
+    @property
+    def uninitialized_fraction(self) -> float:
+        """The larger of the tensor and value fractions of the guarded part left uninitialised."""
+        return max(
+            self.guarded_tensors_uninitialized / max(self.guarded_tensors, 1),
+            self.guarded_values_uninitialized / max(self.guarded_values, 1),
+        )
+
+    def coverage_line(self) -> str:
+        where = " or ".join(f"'{p}*'" for p in self.guarded_prefixes) or "the whole model"
+        return (
+            f"{self.guarded_tensors_uninitialized} of {self.guarded_tensors} tensors "
+            f"({self.guarded_values_uninitialized:,} of {self.guarded_values:,} values) of the weights under "
+            f"{where}"
+        )
+
+    def lines(self, limit: Optional[int] = None) -> List[str]:
+        """Human-readable lines, one per key, at most ``limit`` per kind."""
+
+        def clip(items: Sequence[str]) -> List[str]:
+            if limit is None or len(items) <= limit:
+                return list(items)
+            return list(items[:limit]) + [f"  ... and {len(items) - limit} more"]
+
+        out: List[str] = []
+        if self.mismatched:
+            out.append(f"shape mismatches, skipped ({len(self.mismatched)}):")
+            out += clip([f"  {k}: {c} in checkpoint, {m} in model" for k, c, m in self.mismatched])
+        if self.missing:
+            out.append(f"missing from the checkpoint, left as initialised ({len(self.missing)}):")
+            out += clip([f"  {k}: {s}" for k, s in self.missing])
+        if self.unexpected:
+            out.append(f"in the checkpoint but not in the model, ignored ({len(self.unexpected)}):")
+            out += clip([f"  {k}: {s}" for k, s in self.unexpected])
+        return out
+
+
+def backbone_coverage(
+    model_shapes: Mapping[str, Shape], uninitialized: Iterable[str], prefixes: Sequence[str] = BACKBONE_PREFIXES
+) -> Tuple[Tuple[str, ...], int, int, int, int]:
+    """Count the model's backbone tensors and values, and how many of them are in ``uninitialized``.
+
+    Keys under ``prefixes`` form the backbone; a model with none (a plain classifier) is guarded whole.
+    Returns (prefixes used, tensors, uninitialised tensors, values, uninitialised values).
+    """
+    prefixes = tuple(prefixes)
+    keys = [k for k in model_shapes if _is_weight(k) and k.startswith(prefixes)]
+    if not keys:
+        prefixes = ()
+        keys = [k for k in model_shapes if _is_weight(k)]
+    bad = set(uninitialized)
+    bad_keys = [k for k in keys if k in bad]
+    return (
+        prefixes,
+        len(keys),
+        len(bad_keys),
+        sum(_numel(model_shapes[k]) for k in keys),
+        sum(_numel(model_shapes[k]) for k in bad_keys),
+    )
+
+
+def _strip_common_prefix(keys: Iterable[str], prefix: str = "module.") -> Dict[str, str]:
+    # fvcore's Checkpointer._load_model strips "module." when every key has it (a DDP-wrapped save).
+    keys = list(keys)
+    if keys and all(k.startswith(prefix) for k in keys):
+        return {k[len(prefix):]: k for k in keys}
+    return {k: k for k in keys}
+
+
+class SafeDetectionCheckpointer(DetectionCheckpointer):
+    """A ``DetectionCheckpointer`` that reads only through ``safe_load``, writes atomically, reports
+    key mismatches with shapes and refuses loads that would leave most of the backbone uninitialised.
+
+    Args:
+        model, save_dir, save_to_disk, checkpointables: as for ``DetectionCheckpointer``.
+        allow_partial: load even when more than half of the backbone would stay uninitialised (a warning
+            is logged instead). Callers map their config or environment switch onto this argument.
+        backbone_prefixes: state-dict prefixes that make up the backbone (default ``BACKBONE_PREFIXES``).
+
+    After each ``load``, ``last_load_report`` holds a :class:`LoadReport` (None when nothing was loaded).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        allow_partial: bool = False,
+        backbone_prefixes: Sequence[str] = BACKBONE_PREFIXES,
+        **checkpointables: Any,
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        if isinstance(backbone_prefixes, str):
+            raise ValueError(f"backbone_prefixes must be a sequence of prefixes, got the string {backbone_prefixes!r}")
+        self.allow_partial = bool(allow_partial)
+        self.backbone_prefixes = tuple(backbone_prefixes)
+        self.last_load_report: Optional[LoadReport] = None
+        self._source = ""
+
+    # ----------------------------------------------------------------------------------------- loading
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        self.last_load_report = None
+        if path:
+            local = path if os.path.isfile(path) else self.path_manager.get_local_path(path)
+            if not os.path.isfile(local):
+                where = f" (looked at {local!r})" if local != path else ""
+                raise FileNotFoundError(f"checkpoint {path!r} not found{where}")
+        self._source = str(path)
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._source = ""
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        data = load_file(filename)
+        ext = os.path.splitext(filename)[1].lower()
+        if ext == ".pkl":
+            if "model" in data and "__author__" in data:
+                # detectron2 model-zoo format: {"model": {name: array}, "__author__": ..., maybe
+                # "matching_heuristics": True}, used as is.
+                self.logger.info(f"Reading a file from '{data['__author__']}'")
+                return data
+            # MSRA / Caffe2 Detectron pickles: ImageNet models are a bare {blob name: array}; detection
+            # models keep them under "blobs". Solver momenta are not weights.
+            blobs = data.get("blobs", data)
+            blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+            return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+        if ext == ".pyth":
+            # pycls checkpoints keep weights under "model_state" (detectron2 reads them the same way).
+            if "model_state" not in data:
+                raise ValueError(f"cannot load {filename}: a pycls .pyth checkpoint must contain 'model_state'")
+            weights = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
+        # torch.save files: a detectron2 / fvcore checkpoint {"model": ..., ...} or a bare state dict.
+        return data if "model" in data else {"model": data}
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        weights = checkpoint.pop("model")
+        self._convert_ndarray_to_tensor(weights)
+        model_state = self.model.state_dict()
+        if checkpoint.get("matching_heuristics", False):
+            # Rename by detectron2's suffix-matching heuristics here, once, so that the coverage check
+            # below sees the names that will actually be loaded.
+            weights = align_and_update_state_dicts(
+                model_state, weights, c2_conversion=checkpoint.get("__author__", None) == "Caffe2"
+            )
+        model_shapes = {k: _shape(v) for k, v in model_state.items()}
+        del model_state
+        self._refuse_if_mostly_uninitialized(model_shapes, weights)
+
+        # DetectionCheckpointer._load_model pops "model" from what it is given; the heuristics are done.
+        incompatible = super()._load_model({"model": weights, "matching_heuristics": False})
+        if incompatible is not None:
+            self.last_load_report = self._report(model_shapes, weights, incompatible)
+        return incompatible
+
+    def _refuse_if_mostly_uninitialized(self, model_shapes: Mapping[str, Shape], weights: Mapping[str, Any]):
+        """Predict what ``load_state_dict(strict=False)`` will leave untouched and refuse before copying."""
+        names = _strip_common_prefix(weights.keys())
+        uninitialized = [
+            k for k, s in model_shapes.items()
+            if k not in names or (s is not None and _shape(weights[names[k]]) != s)
+        ]
+        prefixes, tensors, bad_tensors, values, bad_values = backbone_coverage(
+            model_shapes, uninitialized, self.backbone_prefixes
+        )
+        fraction = max(bad_tensors / max(tensors, 1), bad_values / max(values, 1))
+        if fraction <= MAX_UNINITIALIZED_FRACTION:
+            return
+        preview = LoadReport(
+            source=self._source,
+            missing=[(k, model_shapes[k]) for k in uninitialized if k not in names],
+            unexpected=[(orig, _shape(weights[orig])) for k, orig in names.items() if k not in model_shapes],
+            mismatched=[(k, _shape(weights[names[k]]), model_shapes[k]) for k in uninitialized if k in names],
+            guarded_prefixes=prefixes,
+            guarded_tensors=tensors,
+            guarded_tensors_uninitialized=bad_tensors,
+            guarded_values=values,
+            guarded_values_uninitialized=bad_values,
+        )
+        summary = (f"{self._source or 'the checkpoint'} would leave {preview.coverage_line()} uninitialised, "
+                   f"more than {MAX_UNINITIALIZED_FRACTION:.0%}")
+        if self.allow_partial:
+            self.logger.warning(f"Loading {summary}; loading anyway because allow_partial=True")
+            return
+        raise ValueError(
+            f"refusing to load {summary} (batch-norm statistics not counted). "
+            f"{len(preview.missing)} model keys are missing from the checkpoint, "
+            f"{len(preview.mismatched)} have a different shape there, and {len(preview.unexpected)} checkpoint "
+            "keys have no place in the model. The checkpoint probably belongs to another architecture "
+            "(depth, width, stem) or another naming (convert it first). Examples:\n"
+            + "\n".join(preview.lines(limit=_EXAMPLES))
+            + "\nTo load it anyway, construct the checkpointer with allow_partial=True."
+        )
+
+    def _report(self, model_shapes: Mapping[str, Shape], weights: Mapping[str, Any], incompatible) -> LoadReport:
+        # fvcore strips "module." from `weights` in place, so the unexpected keys are found there as named.
+        mismatched = [(k, tuple(c), tuple(m)) for k, c, m in getattr(incompatible, "incorrect_shapes", [])]
+        # fvcore drops mismatched keys before load_state_dict, which then calls them missing too.
+        skipped = {k for k, _, _ in mismatched}
+        missing = [k for k in incompatible.missing_keys if k not in skipped]
+        try:  # fvcore drops "missing" keys whose tied twin was loaded; private, so optional
+            from fvcore.common.checkpoint import _filter_reused_missing_keys
+
+            missing = sorted(_filter_reused_missing_keys(self.model, missing))
+        except ImportError:
+            pass
+        uninitialized: Set[str] = set(missing) | skipped
+        prefixes, tensors, bad_tensors, values, bad_values = backbone_coverage(
+            model_shapes, uninitialized, self.backbone_prefixes
+        )
+        return LoadReport(
+            source=self._source,
+            missing=[(k, model_shapes.get(k)) for k in missing],
+            unexpected=[(k, _shape(weights[k]) if k in weights else None) for k in incompatible.unexpected_keys],
+            mismatched=mismatched,
+            guarded_prefixes=prefixes,
+            guarded_tensors=tensors,
+            guarded_tensors_uninitialized=bad_tensors,
+            guarded_values=values,
+            guarded_values_uninitialized=bad_values,
+        )
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        report = self.last_load_report
+        if report is None:
+            super()._log_incompatible_keys(incompatible)
+            return
+        details = report.lines()
+        if details:
+            self.logger.warning(
+                f"Loaded {report.source}; not loaded: {report.coverage_line()}.\n" + "\n".join(details)
+            )
+        else:
+            self.logger.info(f"Loaded {report.source}: every model weight matched by name and shape.")
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def _is_local(self) -> bool:
+        # Atomic rename needs a real directory; other PathManager backends (URLs) keep fvcore's writer.
+        return "://" not in str(self.save_dir)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Same contract as fvcore's ``Checkpointer.save`` (``{save_dir}/{name}.pth`` holding ``model``,
+        every checkpointable's state and ``kwargs``), written atomically and then tagged atomically."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not self._is_local():
+            super().save(name, **kwargs)
+            return
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        if os.path.basename(save_file) != basename:
+            raise ValueError(f"checkpoint name {name!r} must be a file name, not a path")
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        os.makedirs(self.save_dir, exist_ok=True)
+        atomic_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Point ``{save_dir}/last_checkpoint`` at ``last_filename_basename``, atomically."""
+        if not self._is_local():
+            super().tag_last_checkpoint(last_filename_basename)
+            return
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
