@@ -7,6 +7,12 @@ from .config import add_resnet_backbone_config
 from .modeling import create_model, list_models
 from .d2 import backbones as _backbones  # registers the backbones into BACKBONE_REGISTRY
 from .d2 import roi_heads as _roi_heads  # registers the C4 / VGG heads into ROI_HEADS / ROI_BOX_HEAD
+from .d2.backbones import build_rb_resnet_backbone as build_resnet_backbone
+from .d2.backbones import build_rb_resnet_fpn_backbone as build_resnet_fpn_backbone
+from .d2.backbones import build_rb_retinanet_resnet_fpn_backbone as build_retinanet_resnet_fpn_backbone
+from .d2.backbones import build_rb_vgg16_backbone as build_vgg16_backbone
+from .d2.weights import detector_layout, map_classifier_to_detector
+from .torchvision_adapter import TorchvisionBackbone, torchvision_faster_rcnn
 
 __version__ = "0.1.0"
 
@@ -14,4 +20,12 @@ __all__ = [
     "add_resnet_backbone_config",
     "create_model",
     "list_models",
+    "build_resnet_backbone",
+    "build_resnet_fpn_backbone",
+    "build_retinanet_resnet_fpn_backbone",
+    "build_vgg16_backbone",
+    "detector_layout",
+    "map_classifier_to_detector",
+    "TorchvisionBackbone",
+    "torchvision_faster_rcnn",
 ]

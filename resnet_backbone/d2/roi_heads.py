@@ -1,1 +1,104 @@
-"""Registered ROI heads (filled in by the detectron2-integration work)."""
+"""ROI heads of the paper's two detectors (Sec 4.3, Appendix A), registered in detectron2's registries.
+
+* `RBRes5ROIHeads` (ROI_HEADS_REGISTRY): the C4 head of ResNet Faster R-CNN. RoI pooling on res4, then the plugin's
+  own conv5_x stage (same block type, shortcut option, norm, stride placement and groups as the backbone; first
+  block stride 2) and global average pooling. Its stage is `roi_heads.res5`, named like the backbone's stages, so
+  one plugin ResNet checkpoint initialises backbone (stem, res2-res4) and head (res5) together.
+* `RBVGG16FCHead` (ROI_BOX_HEAD_REGISTRY): VGG-16's fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout on the 7x7
+  RoI-pooled conv5_3 map, as in Faster R-CNN; names fc6 / fc7 match the plugin VGG-16 classifier.
+"""
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import ROI_BOX_HEAD_REGISTRY, ROI_HEADS_REGISTRY
+from detectron2.modeling.roi_heads import Res5ROIHeads
+from torch import nn
+
+from ..modeling.options import check_rate
+from ..modeling.resnet import make_stage, resnet_stage_specs
+from ..modeling.vgg import VGG_FC_DIM
+from .backbones import resnet_options_from_cfg
+from .registry import register_once
+
+__all__ = ["RBRes5ROIHeads", "RBVGG16FCHead", "build_res5_head_stage"]
+
+
+def build_res5_head_stage(cfg) -> nn.Sequential:
+    """The C4 head's conv5_x: the plugin's res5 for the ResNet described by cfg, first block stride 2."""
+    options = resnet_options_from_cfg(cfg)
+    if options["res5_dilation"] != 1:
+        # the head runs on RoI-pooled maps; dilation is a backbone option (DC5), stride 2 is the paper's head
+        raise ValueError(f"MODEL.RESNETS.RES5_DILATION={options['res5_dilation']} cannot be used with the C4 head "
+                         "(its res5 downsamples the pooled RoI by 2, paper Appendix A); allowed: 1")
+    specs = resnet_stage_specs(options["depth"], variant=options["variant"], num_groups=options["num_groups"],
+                               width_per_group=options["width_per_group"],
+                               stem_out_channels=options["stem_out_channels"],
+                               drop_path_rate=options["drop_path_rate"])
+    by_name = {s.name: s for s in specs}
+    if "res5" not in by_name:
+        raise ValueError(f"the C4 head needs a res5 stage; a {options['variant']} ResNet has only "
+                         f"{', '.join(by_name)} (use MODEL.RB_RESNET.VARIANT 'imagenet')")
+    return make_stage(by_name["res5"], norm=options["norm"], shortcut=options["shortcut"],
+                      stride_in_1x1=options["stride_in_1x1"], num_groups=options["num_groups"],
+                      zero_init_last=options["zero_init_last"])
+
+
+class RBRes5ROIHeads(Res5ROIHeads):
+    """detectron2's C4 ROI heads with the plugin's res5 (any depth / shortcut option / plain net / norm)."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        in_feature = cfg.MODEL.ROI_HEADS.IN_FEATURES[0]
+        expected = ret["res5"][0].in_channels
+        if input_shape[in_feature].channels != expected:
+            raise ValueError(f"RBRes5ROIHeads pools {in_feature!r} with {input_shape[in_feature].channels} channels, "
+                             f"but the res5 built from MODEL.RESNETS takes {expected}: use a plugin ResNet backbone "
+                             "with the same MODEL.RESNETS / MODEL.RB_RESNET settings and IN_FEATURES ['res4']")
+        return ret
+
+    @classmethod
+    def _build_res5_block(cls, cfg):
+        # detectron2 (v0.6 and later) calls this classmethod from Res5ROIHeads.from_config
+        stage = build_res5_head_stage(cfg)
+        return stage, stage[-1].out_channels
+
+
+class RBVGG16FCHead(nn.Module):
+    """fc6 (C*H*W -> 4096) -> ReLU -> dropout -> fc7 (4096 -> 4096) -> ReLU -> dropout (VGG-16's classifier body).
+
+    With the 7x7x512 RoI pool of conv5_3 the shapes are those of VGG-16's fc6 / fc7, so a plugin VGG-16 classifier
+    (fc6, fc7) or torchvision vgg16 (classifier.0, classifier.3) initialises them. MODEL.ROI_BOX_HEAD.{NUM_FC,
+    FC_DIM, NUM_CONV} are not used: the layout is VGG's.
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, dropout: float = 0.5):
+        super().__init__()
+        if not input_shape.channels or not input_shape.height or not input_shape.width:
+            raise ValueError(f"RBVGG16FCHead needs channels, height and width of the pooled RoI, got {input_shape}")
+        in_dim = input_shape.channels * input_shape.height * input_shape.width
+        self.fc6 = nn.Linear(in_dim, VGG_FC_DIM)
+        self.fc7 = nn.Linear(VGG_FC_DIM, VGG_FC_DIM)
+        self.dropout = nn.Dropout(check_rate("MODEL.VGG.DROPOUT", dropout))
+        for fc in (self.fc6, self.fc7):
+            nn.init.normal_(fc.weight, std=0.01)  # VGG paper Sec 3.1, as the plugin VGG classifier
+            nn.init.zeros_(fc.bias)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {"input_shape": input_shape, "dropout": cfg.MODEL.VGG.DROPOUT}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)  # (C, H, W) order, as VGG's and torchvision's flatten before fc6
+        x = self.dropout(F.relu(self.fc6(x)))
+        return self.dropout(F.relu(self.fc7(x)))
+
+    @property
+    def output_shape(self) -> ShapeSpec:
+        return ShapeSpec(channels=VGG_FC_DIM)
+
+
+register_once(ROI_HEADS_REGISTRY, RBRes5ROIHeads)
+register_once(ROI_BOX_HEAD_REGISTRY, RBVGG16FCHead)

@@ -86,8 +86,9 @@ class _ResidualBlock(CNNBlockBase):
                 init_conv(m)
         if zero_init_last:
             # Goyal et al. 2017: the last norm of each residual branch starts at 0, so each block starts as identity
+            # Only a trainable norm (weight is a Parameter): FrozenBN's weight is a buffer that would stay 0 forever.
             last_norm = self.last_conv.norm
-            if last_norm is not None and getattr(last_norm, "weight", None) is not None:
+            if isinstance(getattr(last_norm, "weight", None), nn.Parameter):
                 nn.init.zeros_(last_norm.weight)
 
     def _combine(self, x, branch):

@@ -1,0 +1,309 @@
+"""Registered detectron2 builders: registry hygiene, shapes vs output_shape(), freezing, norms, C4 res5, VGG-16."""
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torchvision
+from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.fpn import FPN
+from torch import nn
+
+import resnet_backbone
+from resnet_backbone.d2.backbones import (build_rb_resnet_backbone, build_rb_resnet_fpn_backbone,
+                                          build_rb_retinanet_resnet_fpn_backbone, build_rb_vgg16_backbone)
+from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead
+from resnet_backbone.d2.weights import detector_layout, map_classifier_to_detector
+from resnet_backbone.modeling import ResNet
+from resnet_backbone.modeling.blocks import BasicBlock, BottleneckBlock
+
+RGB = ShapeSpec(channels=3)
+ALL_STAGES = ["stem", "res2", "res3", "res4", "res5"]
+
+
+def make_cfg(**resnets):
+    """A detectron2 cfg with the plugin's keys; keyword args set MODEL.RESNETS.* (lower-case) or RB_RESNET via rb_*."""
+    cfg = get_cfg()
+    resnet_backbone.add_resnet_backbone_config(cfg)
+    for key, value in resnets.items():
+        if key.startswith("rb_"):
+            cfg.MODEL.RB_RESNET[key[3:].upper()] = value
+        elif key == "freeze_at":
+            cfg.MODEL.BACKBONE.FREEZE_AT = value
+        else:
+            cfg.MODEL.RESNETS[key.upper()] = value
+    return cfg
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch + detectron2 (~5 s)
+def test_registry_after_import_and_reload():
+    # a fresh interpreter: snapshot detectron2's registries before the plugin is imported
+    code = textwrap.dedent("""
+        import importlib
+        from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, ROI_BOX_HEAD_REGISTRY
+        regs = (BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, ROI_BOX_HEAD_REGISTRY)
+        before = [dict(r._obj_map) for r in regs]
+        import resnet_backbone
+        from resnet_backbone.d2 import backbones, roi_heads
+        mine = {"build_rb_resnet_backbone", "build_rb_resnet_fpn_backbone",
+                "build_rb_retinanet_resnet_fpn_backbone", "build_rb_vgg16_backbone",
+                "RBRes5ROIHeads", "RBVGG16FCHead"}
+        def check():
+            for reg, old in zip(regs, before):
+                for name, obj in old.items():
+                    assert reg.get(name) is obj, f"built-in {name} replaced"
+                new = set(reg._obj_map) - set(old)
+                assert new <= mine, new
+            assert mine <= set().union(*(r._obj_map for r in regs))
+        check()
+        assert BACKBONE_REGISTRY.get("build_rb_resnet_backbone") is resnet_backbone.build_resnet_backbone
+        importlib.reload(backbones)
+        importlib.reload(roi_heads)
+        importlib.reload(resnet_backbone)
+        check()
+        print("OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+
+
+def test_public_aliases_are_the_registered_builders():
+    assert resnet_backbone.build_resnet_backbone is BACKBONE_REGISTRY.get("build_rb_resnet_backbone")
+    assert resnet_backbone.build_resnet_fpn_backbone is BACKBONE_REGISTRY.get("build_rb_resnet_fpn_backbone")
+    assert (resnet_backbone.build_retinanet_resnet_fpn_backbone
+            is BACKBONE_REGISTRY.get("build_rb_retinanet_resnet_fpn_backbone"))
+    assert resnet_backbone.build_vgg16_backbone is BACKBONE_REGISTRY.get("build_rb_vgg16_backbone")
+
+
+# (description, cfg options, expected res2 block type)
+SHAPE_CASES = [
+    ("R18 shortcut A", dict(depth=18, res2_out_channels=64, rb_shortcut="A"), BasicBlock),
+    ("plain-18", dict(depth=18, res2_out_channels=64, rb_shortcut="none"), BasicBlock),
+    ("R50 shortcut C", dict(depth=50, rb_shortcut="C"), BottleneckBlock),
+    ("R50 torchvision stride, DC5", dict(depth=50, stride_in_1x1=False, res5_dilation=2), BottleneckBlock),
+    ("ResNeXt-50 32x4d", dict(depth=50, num_groups=32, width_per_group=4), BottleneckBlock),
+    ("CIFAR-20", dict(depth=20, rb_variant="cifar", stem_out_channels=16, res2_out_channels=16,
+                      out_features=["stem", "res2", "res3", "res4"]), BasicBlock),
+]
+
+
+@pytest.mark.parametrize("desc,options,block", SHAPE_CASES, ids=[c[0] for c in SHAPE_CASES])
+@torch.no_grad()
+def test_resnet_feature_shapes_match_output_shape(desc, options, block):
+    options = dict(options)
+    options.setdefault("out_features", ALL_STAGES)
+    cfg = make_cfg(**options)
+    backbone = build_rb_resnet_backbone(cfg, ShapeSpec(channels=1)).eval()  # input channels come from input_shape
+    assert isinstance(backbone.res2[0], block)
+    shapes = backbone.output_shape()
+    assert list(shapes) == options["out_features"]
+    for h, w in [(67, 45), (64, 96)]:  # odd sizes: every stride-2 layer rounds up
+        feats = backbone(torch.randn(1, 1, h, w))
+        assert list(feats) == options["out_features"]
+        for name, x in feats.items():
+            s = shapes[name]
+            assert x.shape == (1, s.channels, math.ceil(h / s.stride), math.ceil(w / s.stride)), (name, h, w)
+    expected_strides = dict(zip(ALL_STAGES, (4, 4, 8, 16, 32)))
+    if options.get("rb_variant") == "cifar":
+        expected_strides = dict(zip(ALL_STAGES, (1, 1, 2, 4)))
+    if options.get("res5_dilation") == 2:
+        expected_strides["res5"] = 16
+    assert {n: s.stride for n, s in shapes.items()} == {n: expected_strides[n] for n in shapes}
+
+
+@pytest.mark.parametrize("builder,levels", [(build_rb_resnet_fpn_backbone, ["p2", "p3", "p4", "p5", "p6"]),
+                                            (build_rb_retinanet_resnet_fpn_backbone, ["p3", "p4", "p5", "p6", "p7"])])
+@torch.no_grad()
+def test_fpn_variants(builder, levels):
+    cfg = make_cfg(depth=18, res2_out_channels=64, out_features=["res2", "res3", "res4", "res5"])
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    if builder is build_rb_retinanet_resnet_fpn_backbone:
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    backbone = builder(cfg, RGB).eval()
+    assert isinstance(backbone, FPN) and isinstance(backbone.bottom_up, ResNet)
+    shapes = backbone.output_shape()
+    assert list(shapes) == levels
+    assert [shapes[p].stride for p in levels] == [2 ** int(p[1]) for p in levels]
+    # detectron2's FPN needs inputs padded to its size_divisibility (the detector's ImageList does it)
+    d = backbone.size_divisibility
+    h, w = 3 * d, 5 * d
+    feats = backbone(torch.randn(1, 3, h, w))
+    for p in levels:
+        assert feats[p].shape == (1, cfg.MODEL.FPN.OUT_CHANNELS, math.ceil(h / shapes[p].stride),
+                                  math.ceil(w / shapes[p].stride))
+
+
+def test_fpn_in_features_must_be_backbone_outputs():
+    cfg = make_cfg(depth=18, res2_out_channels=64, out_features=["res4", "res5"])
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    for builder in (build_rb_resnet_fpn_backbone, build_rb_retinanet_resnet_fpn_backbone):
+        with pytest.raises(ValueError, match="IN_FEATURES"):
+            builder(cfg, RGB)
+
+
+def _stage_of(name):
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("freeze_at", [0, 1, 2, 3, 4, 5])
+def test_freezing_exactly_the_frozen_stages(freeze_at):
+    cfg = make_cfg(depth=18, res2_out_channels=64, norm="BN", out_features=ALL_STAGES, freeze_at=freeze_at,
+                   rb_shortcut="C")  # option C: every block has a shortcut conv + norm to freeze as well
+    backbone = build_rb_resnet_backbone(cfg, RGB)
+    frozen = set(ALL_STAGES[:freeze_at])
+    for name, p in backbone.named_parameters():
+        assert p.requires_grad == (_stage_of(name) not in frozen), name
+    norms = {n: m for n, m in backbone.named_modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}
+    assert len(norms) == 1 + 8 * 3  # stem + (2 convs + shortcut) per block
+    for name, m in norms.items():
+        assert isinstance(m, FrozenBatchNorm2d) == (_stage_of(name) in frozen), name
+    # frozen stats are used in training mode too
+    if freeze_at:
+        backbone.train()
+        before = backbone.stem.conv1.norm.running_mean.clone()
+        backbone(torch.randn(2, 3, 64, 64))
+        assert torch.equal(before, backbone.stem.conv1.norm.running_mean)
+
+
+@pytest.mark.parametrize("norm,cls", [("FrozenBN", FrozenBatchNorm2d), ("BN", nn.BatchNorm2d),
+                                      ("SyncBN", nn.SyncBatchNorm), ("GN", nn.GroupNorm)])
+def test_norm_choice(norm, cls):
+    cfg = make_cfg(depth=18, res2_out_channels=64, norm=norm, freeze_at=0, out_features=ALL_STAGES)
+    backbone = build_rb_resnet_backbone(cfg, RGB)
+    norms = [m for n, m in backbone.named_modules() if n.endswith("norm")]
+    assert len(norms) == 1 + 8 * 2 + 3 and all(type(m) is cls for m in norms)  # stem, 2 per block, 3 shortcuts
+
+
+def test_detection_default_is_frozen_bn_and_freeze_at_2():
+    cfg = make_cfg()  # detectron2's defaults: R-50, FrozenBN, FREEZE_AT 2, OUT_FEATURES ["res4"]
+    backbone = build_rb_resnet_backbone(cfg, RGB)
+    assert backbone.output_shape() == {"res4": ShapeSpec(channels=1024, stride=16)}
+    assert not hasattr(backbone, "res5")  # the C4 head builds its own
+    norms = [m for n, m in backbone.named_modules() if n.endswith("norm")]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+    grads = {n.split(".")[0]: p.requires_grad for n, p in backbone.named_parameters()}
+    assert grads == {"stem": False, "res2": False, "res3": True, "res4": True}
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(depth=18), "RES2_OUT_CHANNELS"),  # R-18 has 64-channel res2, detectron2's default says 256
+    (dict(depth=50, res2_out_channels=64), "RES2_OUT_CHANNELS"),
+    (dict(depth=42), "depth"),
+    (dict(rb_shortcut="D"), "shortcut"),
+    (dict(out_features=["res6"]), "res6"),
+    (dict(freeze_at=7), "freeze_at"),
+    (dict(norm="LN"), "norm"),
+    (dict(deform_on_per_stage=[False, False, True, False]), "DEFORM_ON_PER_STAGE"),
+])
+def test_bad_config_raises_value_error(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_rb_resnet_backbone(make_cfg(**options), RGB)
+
+
+@pytest.mark.parametrize("options,block,n_shortcuts", [
+    (dict(depth=18, res2_out_channels=64), BasicBlock, 1),
+    (dict(depth=18, res2_out_channels=64, rb_shortcut="none"), BasicBlock, 0),
+    (dict(depth=50, rb_shortcut="C", stride_in_1x1=False), BottleneckBlock, 3),
+])
+def test_c4_head_res5_matches_the_classifier_res5(options, block, n_shortcuts):
+    cfg = make_cfg(**options)
+    res5, out_channels = RBRes5ROIHeads._build_res5_block(cfg)
+    # the classifier with the same options: its res5 has the same names and shapes, so one checkpoint fits both
+    classifier = ResNet(options["depth"], num_classes=10, shortcut=cfg.MODEL.RB_RESNET.SHORTCUT,
+                        stride_in_1x1=cfg.MODEL.RESNETS.STRIDE_IN_1X1, norm="FrozenBN")
+    head_sd = {f"res5.{k}": v.shape for k, v in res5.state_dict().items()}
+    cls_sd = {k: v.shape for k, v in classifier.state_dict().items() if k.startswith("res5.")}
+    assert head_sd == cls_sd
+    assert all(isinstance(b, block) for b in res5) and res5[0].stride == 2
+    assert out_channels == classifier.linear.in_features
+    assert sum(b.shortcut is not None for b in res5) == n_shortcuts
+    assert all(isinstance(m, FrozenBatchNorm2d) for n, m in res5.named_modules() if n.endswith("norm"))
+    x = torch.randn(2, res5[0].in_channels, 14, 14)
+    assert res5(x).shape == (2, out_channels, 7, 7)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(res5_dilation=2), "RES5_DILATION"),
+    (dict(depth=20, rb_variant="cifar", stem_out_channels=16, res2_out_channels=16), "res5"),
+])
+def test_c4_head_rejects_configs_without_a_stride_2_res5(options, message):
+    with pytest.raises(ValueError, match=message):
+        RBRes5ROIHeads._build_res5_block(make_cfg(**options))
+
+
+def test_c4_head_rejects_a_backbone_of_other_width():
+    cfg = make_cfg(depth=18, res2_out_channels=64)
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["conv5_3"]
+    with pytest.raises(ValueError, match="res5"):
+        RBRes5ROIHeads(cfg, {"conv5_3": ShapeSpec(channels=512, stride=16)})
+
+
+def _torchvision_vgg16_to_plugin(tv):
+    """Independent reference mapping: walk torchvision's vgg16 and name its convs conv{block}_{i}."""
+    names, block, i = {}, 1, 0
+    for idx, layer in enumerate(tv.features):
+        if isinstance(layer, nn.MaxPool2d):
+            block, i = block + 1, 0
+        elif isinstance(layer, nn.Conv2d):
+            i += 1
+            names[f"features.{idx}."] = f"conv{block}_{i}."
+    names.update({"classifier.0.": "fc6.", "classifier.3.": "fc7.", "classifier.6.": "fc8."})
+    out = {}
+    for key, value in tv.state_dict().items():
+        prefix = key.rsplit(".", 1)[0] + "."
+        out[names[prefix] + key.rsplit(".", 1)[1]] = value
+    return out
+
+
+@pytest.mark.slow  # two VGG-16s with 4096-d fc layers (~7 s)
+@torch.no_grad()
+def test_vgg16_backbone_and_box_head_load_torchvision_vgg16():
+    cfg = make_cfg()
+    backbone = build_rb_vgg16_backbone(cfg, RGB)
+    assert backbone.output_shape() == {"conv5_3": ShapeSpec(channels=512, stride=16)}
+    for name, p in backbone.named_parameters():  # conv1_x and conv2_x frozen by default (MODEL.VGG.FREEZE_AT 2)
+        assert p.requires_grad == (name[4] not in "12"), name
+    head = RBVGG16FCHead(cfg, ShapeSpec(channels=512, height=7, width=7))
+    assert head.output_shape.channels == 4096
+
+    # a detector-shaped container, so the mapping's keys (backbone.*, roi_heads.box_head.*) resolve
+    det = nn.Module()
+    det.backbone, det.roi_heads = backbone, nn.Module()
+    det.roi_heads.box_head = head
+    tv = torchvision.models.vgg16(weights=None).eval()
+    mapped, unmapped = map_classifier_to_detector(_torchvision_vgg16_to_plugin(tv), "vgg16")
+    result = det.load_state_dict(mapped, strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert unmapped == ["fc8.weight", "fc8.bias"]
+
+    det.eval()
+    x = torch.randn(1, 3, 75, 53)  # odd size: VGG's 2x2 pools round down, as torchvision's
+    ours = backbone(x)["conv5_3"]
+    ref = tv.features[:30](x)  # conv1_1 .. conv5_3 + ReLU, no pool5
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    pooled = torch.randn(3, 512, 7, 7)
+    torch.testing.assert_close(head(pooled), tv.classifier[:5](torch.flatten(pooled, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_detector_layout_from_cfg():
+    cfg = make_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_rb_resnet_backbone"
+    cfg.MODEL.ROI_HEADS.NAME = "RBRes5ROIHeads"
+    assert detector_layout(cfg) == "c4"
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    assert detector_layout(cfg) == "backbone"
+    cfg.MODEL.BACKBONE.NAME = "build_rb_retinanet_resnet_fpn_backbone"
+    assert detector_layout(cfg) == "fpn"
+    cfg.MODEL.BACKBONE.NAME = "build_rb_vgg16_backbone"
+    assert detector_layout(cfg) == "vgg16"
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"  # detectron2's own
+    with pytest.raises(ValueError, match="build_resnet_backbone"):
+        detector_layout(cfg)
+    with pytest.raises(ValueError, match="layout"):
+        map_classifier_to_detector({}, "c5")
