@@ -125,3 +125,17 @@ def plot_comparison(runs: List[Run], rows: List[dict], out_png: str) -> str:
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def compare_runs(paths, png, markdown=None, echo=print) -> List[dict]:
+    """Load finished runs, print the table (and write it as markdown), write the PNG; returns the rows."""
+    runs = [load_run(str(p)) for p in paths]
+    rows = comparison_rows(runs)
+    table = format_table(rows)
+    echo(table)
+    if markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(markdown)), exist_ok=True)
+        with open(markdown, "w") as f:
+            f.write(table + "\n")
+    echo(f"plot written to {plot_comparison(runs, rows, str(png))}")
+    return rows

@@ -41,4 +41,124 @@ def add_resnet_backbone_config(cfg):
         _c.RB_WEIGHTS.ALLOW_PARTIAL = False
         # check MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT against the preprocessing saved beside MODEL.WEIGHTS
         _c.RB_WEIGHTS.CHECK_PREPROCESSING = True
+    if "RB_TRAIN" not in cfg:
+        cfg.RB_TRAIN = CN()
+        # detection training: iterations between log lines / metrics.json records (detectron2 hard-codes 20)
+        cfg.RB_TRAIN.LOG_PERIOD = 20
+    if "PRETRAIN" not in cfg:
+        cfg.PRETRAIN = _pretrain_defaults()
     return cfg
+
+
+def _pretrain_defaults():
+    """cfg.PRETRAIN: the classification stage (tools/pretrain_net.py, tools/cifar_study.py); paper Sec 3.4 / 4.2.
+    Also read there: MODEL.DEVICE, OUTPUT_DIR, SEED (< 0: drawn once and stored in the checkpoint)."""
+    p = CN()
+    # classifier to train: a resnet_backbone.create_model name (resnet50, plain34, cifar_resnet110, vgg16, ...)
+    p.MODEL = "resnet50"
+    # output classes; 0 = the number of classes of the training set
+    p.NUM_CLASSES = 0
+    # residual nets' shortcut option "A" / "B" / "C"; "" = the model's default (B ImageNet, A CIFAR)
+    p.SHORTCUT = ""
+    # ResNets' norm layer ("BN": per-GPU statistics as in the paper; "SyncBN": over all GPUs)
+    p.NORM = "BN"
+    p.DATASET = CN()
+    # "imagenet" (ROOT/{train,val}/<wnid>/*), "cifar10" (ROOT/cifar-10-batches-py) or the embedded generated
+    # sets "generated_imagenet" / "generated_cifar10" (written under ROOT on first use)
+    p.DATASET.NAME = "imagenet"
+    # data folder; a relative path is taken under $RB_DATASETS (default <repo>/datasets)
+    p.DATASET.ROOT = "imagenet"
+    # CIFAR: training images held out for validation (paper: 45k/5k to choose the schedule); 0 = test on test_batch
+    p.DATASET.VAL_SIZE = 0
+    # ImageNet folders: skip unreadable images with a warning instead of stopping with an error naming the file
+    p.DATASET.SKIP_CORRUPT = False
+    # generated sets only: number of classes (at most 144)
+    p.DATASET.GENERATED_NUM_CLASSES = 10
+    # generated sets only: training images per class
+    p.DATASET.GENERATED_TRAIN_PER_CLASS = 50
+    # generated sets only: validation images per class
+    p.DATASET.GENERATED_VAL_PER_CLASS = 10
+    # generated sets only: seed of the image generator (not of training: that is the top-level SEED)
+    p.DATASET.GENERATED_SEED = 0
+    p.INPUT = CN()
+    # scale augmentation: shorter side random in [min, max] (Sec 3.4: [256, 480]); ImageNet-style sets only
+    p.INPUT.SCALE = (256, 480)
+    # random training crop and evaluation crop size (224; CIFAR sets use the 32x32 image)
+    p.INPUT.CROP_SIZE = 224
+    # evaluation: shorter side resized to this before the centre crop or the 10 crops
+    p.INPUT.TEST_RESIZE = 256
+    # std of AlexNet's PCA colour augmentation (Krizhevsky et al. 2012: 0.1); 0 disables it
+    p.INPUT.LIGHTING_STD = 0.1
+    # CIFAR: zero padding before the random 32x32 crop (Sec 4.2: 4)
+    p.INPUT.CIFAR_PADDING = 4
+    # random horizontal flips in training
+    p.INPUT.FLIP = True
+    # network input in detectron2's convention: pixels in [0, 255] in FORMAT order, (x - PIXEL_MEAN) / PIXEL_STD.
+    # These defaults are detectron2's (MSRA models: BGR, mean subtraction only), so exported weights fit its
+    # default MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT; they are recorded beside the exported weights.
+    p.INPUT.PIXEL_MEAN = [103.530, 116.280, 123.675]
+    # per-channel divisor, same order and units as PIXEL_MEAN (1 = mean subtraction only, as the paper)
+    p.INPUT.PIXEL_STD = [1.0, 1.0, 1.0]
+    # channel order of the network input: "BGR" or "RGB"
+    p.INPUT.FORMAT = "BGR"
+    p.SOLVER = CN()
+    # images per iteration over all processes (paper: 256 ImageNet, 128 CIFAR)
+    p.SOLVER.IMS_PER_BATCH = 256
+    # learning rate for REFERENCE_BATCH images, scaled linearly to IMS_PER_BATCH (Goyal et al. 2017)
+    p.SOLVER.BASE_LR = 0.1
+    # the batch size BASE_LR is given for (paper: 0.1 for 256 on ImageNet, 0.1 for 128 on CIFAR)
+    p.SOLVER.REFERENCE_BATCH = 256
+    # SGD momentum (paper: 0.9)
+    p.SOLVER.MOMENTUM = 0.9
+    # weight decay on every parameter (paper: 1e-4)
+    p.SOLVER.WEIGHT_DECAY = 0.0001
+    # Nesterov momentum (not in the paper)
+    p.SOLVER.NESTEROV = False
+    # "step": lr x GAMMA at each of STEPS; "plateau": lr x GAMMA when the validation top-1 error has not improved
+    # by PLATEAU_THRESHOLD for PLATEAU_PATIENCE evaluations (Sec 3.4: "divided by 10 when the error plateaus")
+    p.SOLVER.LR_SCHEDULER = "step"
+    # iterations at which the step schedule multiplies the lr by GAMMA (CIFAR: 32k, 48k)
+    p.SOLVER.STEPS = (32000, 48000)
+    # lr factor of each step / plateau drop
+    p.SOLVER.GAMMA = 0.1
+    # training iterations (CIFAR: 64k; ImageNet: up to 600k)
+    p.SOLVER.MAX_ITER = 64000
+    # plateau schedule: evaluations without improvement before a drop
+    p.SOLVER.PLATEAU_PATIENCE = 3
+    # plateau schedule: smallest decrease of the top-1 error (a fraction) that counts as an improvement
+    p.SOLVER.PLATEAU_THRESHOLD = 0.001
+    # plateau schedule: at most this many drops (0.1 -> 0.0001 in the paper's ImageNet runs: 3)
+    p.SOLVER.PLATEAU_MAX_DROPS = 3
+    # warm-up: lr x WARMUP_FACTOR for at most WARMUP_ITERS iterations (0 = none), ended early once the training
+    # error (mean of the last iterations) is below WARMUP_UNTIL_ERROR. Sec 4.2, ResNet-110: 0.01 until the
+    # training error is below 80% (about 400 iterations)
+    p.SOLVER.WARMUP_ITERS = 0
+    # lr multiplier during warm-up (0.01 / 0.1)
+    p.SOLVER.WARMUP_FACTOR = 0.1
+    # training-error fraction that ends the warm-up early (0 = warm up for all of WARMUP_ITERS)
+    p.SOLVER.WARMUP_UNTIL_ERROR = 0.8
+    # data-loading worker processes per training process
+    p.NUM_WORKERS = 4
+    # log a progress line (loss, error, lr, images/s, ETA) every this many iterations
+    p.LOG_PERIOD = 20
+    # save a resumable checkpoint every this many iterations (and at the end)
+    p.CHECKPOINT_PERIOD = 5000
+    # checkpoints kept on disk (oldest deleted first); 0 keeps all
+    p.KEEP_CHECKPOINTS = 3
+    # evaluate (1-crop) on the validation set every this many iterations; 0 = only at the end
+    p.EVAL_PERIOD = 5000
+    p.TEST = CN()
+    # evaluation images per process (a 10-crop batch holds 10x as many crops)
+    p.TEST.IMS_PER_BATCH = 32
+    # final evaluation also with the standard 10 crops (ImageNet-style sets; CIFAR is single-view, Sec 4.2)
+    p.TEST.TEN_CROP = True
+    p.PRECISE_BN = CN()
+    # recompute BN statistics as a true average over training batches after training (MSRA release notes;
+    # fvcore's precise BN)
+    p.PRECISE_BN.ENABLED = False
+    # training batches used for the recomputation
+    p.PRECISE_BN.NUM_ITER = 200
+    # after training, write OUTPUT_DIR/model_final_d2.pkl (detectron2 format, loads into the plugin's C4 / FPN /
+    # VGG-16 detectors through MODEL.WEIGHTS) and its .provenance.json (preprocessing, checked when loaded)
+    p.EXPORT = True
+    return p

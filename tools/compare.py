@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from resnet_backbone.compare import comparison_rows, format_table, load_run, plot_comparison  # noqa: E402
+from resnet_backbone.compare import compare_runs  # noqa: E402
 
 
 def main(argv=None):
@@ -20,14 +20,7 @@ def main(argv=None):
     parser.add_argument("--png", default="comparison.png", help="where to write the plot (mAP bars + loss curves)")
     parser.add_argument("--markdown", default=None, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
-    runs = [load_run(p) for p in args.runs]
-    rows = comparison_rows(runs)
-    table = format_table(rows)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    print(f"plot written to {plot_comparison(runs, rows, args.png)}")
-    return rows
+    return compare_runs(args.runs, args.png, markdown=args.markdown)
 
 
 if __name__ == "__main__":

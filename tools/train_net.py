@@ -17,7 +17,7 @@ from detectron2.engine import default_argument_parser, default_setup  # noqa: E4
 import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
 from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
-from resnet_backbone.engine.config_io import load_config  # noqa: E402
+from resnet_backbone.engine.config_io import check_device, load_config  # noqa: E402
 from resnet_backbone.engine.launch import launch_checked  # noqa: E402
 from resnet_backbone.engine.trainer import Trainer, write_eval_results  # noqa: E402
 
@@ -32,6 +32,7 @@ def build_parser():
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
+    check_device(cfg.MODEL.DEVICE)
     register_synthetic_datasets()
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         check_dataset_registered(name)

@@ -272,7 +272,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             "keys have no place in the model. The checkpoint probably belongs to another architecture "
             "(depth, width, stem) or another naming (convert it first). Examples:\n"
             + "\n".join(preview.lines(limit=_EXAMPLES))
-            + "\nTo load it anyway, construct the checkpointer with allow_partial=True."
+            + "\nTo load it anyway, construct the checkpointer with allow_partial=True "
+            "(detection configs: MODEL.RB_WEIGHTS.ALLOW_PARTIAL True)."
         )
 
     def _report(self, model_shapes: Mapping[str, Shape], weights: Mapping[str, Any], incompatible) -> LoadReport:

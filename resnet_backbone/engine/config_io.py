@@ -49,3 +49,17 @@ def load_config(config_file: str, opts=None) -> CfgNode:
     except (KeyError, AssertionError) as e:
         raise _explain_key_error(cfg, e, "the command-line overrides") from None
     return cfg
+
+
+def check_device(device: str):
+    """MODEL.DEVICE must name a device this machine has (detectron2's default is "cuda")."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"MODEL.DEVICE {device!r} is not a device name ({e}); use e.g. cuda, cuda:0 or cpu") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"MODEL.DEVICE is {device!r} but CUDA is not available on this machine; "
+                         f"add `MODEL.DEVICE cpu` to the command line")
+    return dev

@@ -6,6 +6,7 @@ import weakref
 
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
+from detectron2.engine.hooks import PeriodicWriter
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
@@ -46,7 +47,11 @@ class Trainer(DefaultTrainer):
             self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
             allow_partial=self.cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL,
         )
-        return super().build_hooks()
+        hooks = super().build_hooks()
+        for h in hooks:
+            if isinstance(h, PeriodicWriter):
+                h._period = self.cfg.RB_TRAIN.LOG_PERIOD  # DefaultTrainer fixes 20; no public setter
+        return hooks
 
     def run_step(self):
         try:
