@@ -25,7 +25,8 @@ _RTOL = 1e-3
 
 
 def write_preprocessing(weights_path, preprocessing: Preprocessing, *, source: str = "plugin",
-                        description: str = "", stride_in_1x1: Optional[bool] = None, **extra) -> str:
+                        description: str = "", stride_in_1x1: Optional[bool] = None, reference: str = "",
+                        **extra) -> str:
     """Write ``<weights_path>.provenance.json`` recording ``preprocessing`` (and ``extra`` JSON fields).
 
     ``source`` names the origin (default "plugin": this package's pretraining); ``stride_in_1x1`` is recorded
@@ -33,8 +34,7 @@ def write_preprocessing(weights_path, preprocessing: Preprocessing, *, source: s
     """
     base = PROVENANCE.get(source)
     prov = Provenance(source=source, description=description or (base.description if base else ""),
-                      preprocessing=preprocessing, stride_in_1x1=stride_in_1x1,
-                      reference=base.reference if base else "")
+                      preprocessing=preprocessing, stride_in_1x1=stride_in_1x1, reference=reference)
     return write_provenance(prov, weights_path, **extra)
 
 

@@ -8,9 +8,9 @@ input range and stride placement.
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, Dict, Optional
 
+from .atomic import atomic_write_text
 from ..data.transforms import CIFAR10_PAPER, IMAGENET_PAPER, IMAGENET_TORCHVISION, Preprocessing
 
 __all__ = ["Provenance", "PROVENANCE", "get_provenance", "provenance_path", "read_provenance", "write_provenance"]
@@ -108,21 +108,11 @@ def provenance_path(weights_path) -> str:
 def write_provenance(provenance: Provenance, weights_path, **extra) -> str:
     """Write `provenance` (plus `extra` JSON-able fields, e.g. converted_from=...) beside `weights_path`.
 
-    Written to a temporary file in the same directory and renamed, so a reader never sees half a file.
+    Written atomically (temporary file + rename), so a reader never sees half a file.
     """
     path = provenance_path(weights_path)
     record = {**provenance.to_dict(), **extra}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".provenance-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

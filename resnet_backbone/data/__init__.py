@@ -1,0 +1,5 @@
+"""Datasets: the embedded generated sets (detection: COCO + VOC writers; classification), ImageNet / CIFAR readers,
+classification transforms. Importing registers nothing: call register_synthetic_datasets()."""
+from .register import check_dataset_registered, ensure_synthetic_dataset, register_synthetic_datasets
+
+__all__ = ["check_dataset_registered", "ensure_synthetic_dataset", "register_synthetic_datasets"]
