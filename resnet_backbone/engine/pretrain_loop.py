@@ -1,0 +1,319 @@
+"""The pretraining loop: SGD on a create_model classifier with the paper's recipe, resumable to the bit.
+
+`PretrainRun(cfg)` reads cfg.PRETRAIN (see resnet_backbone/config.py), MODEL.DEVICE, OUTPUT_DIR and SEED.
+`start(resume)` builds model, optimizer and schedule (from the last checkpoint with ``resume``), `train()` runs
+the iterations, `finish()` recomputes BN statistics (optional), evaluates 1-crop / 10-crop and exports the
+detection weights. Distributed runs (detectron2's launch) wrap the model in DistributedDataParallel, shard the
+data per rank, gather metrics over ranks and write logs, metrics and checkpoints on the main process only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from torch import nn
+
+from ..checkpoint.atomic import atomic_write_text
+from ..checkpoint.safe_load import load_file, state_dict_from
+from ..modeling import create_model
+from .classification_eval import evaluate_classifier, recompute_bn_stats
+from .config_io import check_device
+from .export import EXPORT_NAME, export_for_detection
+from .pretrain_checkpoint import FINAL_NAME, PretrainCheckpointer, capture_rng_state, restore_rng_state
+from .pretrain_data import (
+    build_eval_loader,
+    build_pretrain_dataset,
+    build_train_loader,
+    preprocessing_from_cfg,
+    uses_ten_crop,
+)
+from .pretrain_metrics import MetricsWriter, format_eta
+from .pretrain_schedule import LRSchedule
+
+__all__ = ["NonFiniteLossError", "PretrainRun", "build_classifier", "load_classifier_weights", "RESULTS_FILE"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "pretrain_results.json"
+# The precise-BN batches come from their own sample stream (seed + this), not the training one.
+_PRECISE_BN_SEED_OFFSET = 1_000_003
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+
+def build_classifier(cfg, num_classes: int) -> nn.Module:
+    """create_model(PRETRAIN.MODEL) with PRETRAIN.{SHORTCUT, NORM} where set (ValueError for bad combinations)."""
+    p = cfg.PRETRAIN
+    options = {"num_classes": num_classes}
+    if p.SHORTCUT:
+        options["shortcut"] = p.SHORTCUT
+    if p.NORM != "BN":
+        options["norm"] = p.NORM
+    return create_model(p.MODEL, **options)
+
+
+def load_classifier_weights(model: nn.Module, path: str) -> None:
+    """Load a pretraining checkpoint or a bare classifier state dict into ``model``, every key required."""
+    state = state_dict_from(load_file(path))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: missing {list(result.missing_keys)[:8]}, "
+                         f"unexpected {list(result.unexpected_keys)[:8]} (a checkpoint of another model or depth?)")
+
+
+def _check_cfg(cfg):
+    p = cfg.PRETRAIN
+    for key in ("LOG_PERIOD", "CHECKPOINT_PERIOD"):
+        if p[key] < 1:
+            raise ValueError(f"PRETRAIN.{key} must be >= 1, got {p[key]}")
+    if p.EVAL_PERIOD < 0:
+        raise ValueError(f"PRETRAIN.EVAL_PERIOD must be >= 0 (0: only at the end), got {p.EVAL_PERIOD}")
+    if p.SOLVER.MAX_ITER < 1:
+        raise ValueError(f"PRETRAIN.SOLVER.MAX_ITER must be >= 1, got {p.SOLVER.MAX_ITER}")
+    world = comm.get_world_size()
+    if p.SOLVER.IMS_PER_BATCH < 1 or p.SOLVER.IMS_PER_BATCH % world:
+        raise ValueError(f"PRETRAIN.SOLVER.IMS_PER_BATCH={p.SOLVER.IMS_PER_BATCH} must be a positive multiple of "
+                         f"the {world} processes (it is the batch over all of them)")
+
+
+class PretrainRun:
+    """One training run of cfg.PRETRAIN in cfg.OUTPUT_DIR."""
+
+    def __init__(self, cfg):
+        _check_cfg(cfg)
+        check_device(cfg.MODEL.DEVICE)
+        self.cfg = cfg
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.max_iter = cfg.PRETRAIN.SOLVER.MAX_ITER
+        self.checkpointer = PretrainCheckpointer(cfg.OUTPUT_DIR, cfg.PRETRAIN.KEEP_CHECKPOINTS)
+        self.train_set = build_pretrain_dataset(cfg, "train")
+        self.val_set = build_pretrain_dataset(cfg, "val")
+        classes = len(self.train_set.classes)
+        self.num_classes = cfg.PRETRAIN.NUM_CLASSES or classes
+        if self.num_classes < classes:
+            raise ValueError(f"PRETRAIN.NUM_CLASSES={self.num_classes} is smaller than the {classes} classes of "
+                             f"the training set")
+        self.preprocessing = preprocessing_from_cfg(cfg)
+        self._eval_loader = None
+        self.last_checkpoint = None
+
+    # ------------------------------------------------------------------------------------------------- set-up
+
+    def start(self, resume: bool = False) -> int:
+        """Build model, optimizer and schedule, from the last checkpoint if ``resume`` and one exists.
+
+        Returns the iteration training continues from.
+        """
+        cfg, s = self.cfg, self.cfg.PRETRAIN.SOLVER
+        if resume and comm.is_main_process():
+            self.checkpointer.remove_stale_temporaries()
+        path = self.checkpointer.last_checkpoint() if resume else None
+        state = PretrainCheckpointer.load(path) if path else None
+        if state is not None:
+            self.seed = int(state["seed"])
+        else:
+            # SEED < 0: one random seed shared by all ranks, stored in the checkpoints.
+            self.seed = cfg.SEED if cfg.SEED >= 0 else int(comm.shared_random_seed())
+        torch.manual_seed(self.seed)  # the same initial weights on every rank
+        model = build_classifier(cfg, self.num_classes).to(self.device)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=s.BASE_LR, momentum=s.MOMENTUM,
+                                         weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
+        self.schedule = LRSchedule.from_cfg(cfg)
+        self.precise_bn_done = False
+        if state is None:
+            self.start_iter = 0
+            seed_all_rng(self.seed + comm.get_rank())
+        else:
+            self._restore(model, state, path)
+        self.model = create_ddp_model(model, broadcast_buffers=False,
+                                      device_ids=[comm.get_local_rank()] if self.device.type == "cuda" else None)
+        self.module = model
+        return self.start_iter
+
+    def _restore(self, model, state, path):
+        for key, have in (("model_name", self.cfg.PRETRAIN.MODEL), ("num_classes", self.num_classes)):
+            if state.get(key) != have:
+                raise ValueError(f"cannot resume from {path}: it was saved with {key}={state.get(key)!r}, this "
+                                 f"config has {have!r}; use another OUTPUT_DIR or drop --resume")
+        try:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as e:  # e.g. another PRETRAIN.SHORTCUT / NORM than the saved run's
+            raise ValueError(f"cannot resume from {path}: it does not fit this config's model: {e}") from None
+        self.schedule.load_state_dict(state["schedule"])
+        self.start_iter = int(state["iteration"])
+        self.precise_bn_done = bool(state.get("precise_bn_done", False))
+        rng = state["rng"]
+        if len(rng) == comm.get_world_size():
+            restore_rng_state(rng[comm.get_rank()])
+        else:
+            logger.warning("checkpoint %s holds RNG states of %d processes, this run has %d: reseeding (the run "
+                           "continues, but not bit for bit)", path, len(rng), comm.get_world_size())
+            seed_all_rng(self.seed + comm.get_rank() + self.start_iter)
+        self.last_checkpoint = path
+        logger.info("resumed from %s at iteration %d of %d", path, self.start_iter, self.max_iter)
+
+    def _save(self, name: str, iteration: int) -> None:
+        rng = comm.all_gather(capture_rng_state())  # every rank's stream, so a resumed DDP run is exact too
+        if comm.is_main_process():
+            state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "schedule": self.schedule.state_dict(), "iteration": iteration, "seed": self.seed, "rng": rng,
+                     "model_name": self.cfg.PRETRAIN.MODEL, "num_classes": self.num_classes,
+                     "precise_bn_done": self.precise_bn_done}
+            self.checkpointer.save(name, state)
+        comm.synchronize()
+        self.last_checkpoint = self.checkpointer.path(name)
+
+    # --------------------------------------------------------------------------------------------- training
+
+    def train(self) -> None:
+        cfg, p = self.cfg, self.cfg.PRETRAIN
+        writer = MetricsWriter(cfg.OUTPUT_DIR, enabled=comm.is_main_process(), start_iter=self.start_iter)
+        if self.start_iter >= self.max_iter:
+            writer.close()
+            return
+        loader = build_train_loader(cfg, self.train_set, seed=self.seed, start_iter=self.start_iter,
+                                    max_iter=self.max_iter)
+        world = comm.get_world_size()
+        logger.info("training %s (%d classes) for iterations %d..%d: %d images per iteration on %d process(es), "
+                    "%d training / %d validation images", p.MODEL, self.num_classes, self.start_iter + 1,
+                    self.max_iter, p.SOLVER.IMS_PER_BATCH, world, len(self.train_set), len(self.val_set))
+        self.model.train()
+        window = {"loss": 0.0, "err": 0.0, "iters": 0, "data_s": 0.0}
+        window_start = time.perf_counter()
+        data_iter = iter(loader)
+        try:
+            for it in range(self.start_iter, self.max_iter):
+                t0 = time.perf_counter()
+                images, targets = next(data_iter)
+                images = images.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
+                window["data_s"] += time.perf_counter() - t0
+                lr = self.schedule.lr(it)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                logits = self.model(images)
+                loss = F.cross_entropy(logits, targets)
+                with torch.no_grad():
+                    stats = torch.stack([loss.detach().float(), (logits.argmax(1) != targets).float().mean()])
+                    if world > 1:  # every rank takes the same decisions (stop, warm-up end) from the same numbers
+                        torch.distributed.all_reduce(stats)
+                        stats /= world
+                loss_value, err_value = stats.tolist()
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(self._non_finite_message(it, loss_value))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+
+                done = it + 1
+                if self.schedule.observe_train_error(it, err_value):
+                    logger.info("warm-up ended after %d iterations (training error %.1f%%); lr %.4g from now on",
+                                done, 100 * err_value, self.schedule.lr(done))
+                window["loss"] += loss_value
+                window["err"] += err_value
+                window["iters"] += 1
+                if done % p.LOG_PERIOD == 0 or done == self.max_iter:
+                    elapsed = time.perf_counter() - window_start
+                    self._log(writer, done, lr, window, elapsed)
+                    window = {"loss": 0.0, "err": 0.0, "iters": 0, "data_s": 0.0}
+                    window_start = time.perf_counter()
+                if p.EVAL_PERIOD and done % p.EVAL_PERIOD == 0 and done < self.max_iter:
+                    self._periodic_eval(writer, done)
+                if done == self.max_iter:
+                    self._save(FINAL_NAME, done)
+                elif done % p.CHECKPOINT_PERIOD == 0:
+                    self._save(f"model_{done:07d}", done)
+        finally:
+            del data_iter
+            writer.close()
+
+    def _non_finite_message(self, it: int, value: float) -> str:
+        last = self.last_checkpoint or self.checkpointer.last_checkpoint()
+        where = f"last good checkpoint: {last}" if last else "no checkpoint was saved before it"
+        return (f"non-finite training loss ({value}) at iteration {it + 1} of {self.max_iter} "
+                f"(lr {self.schedule.lr(it):.4g}); {where}. Training stopped. Lower PRETRAIN.SOLVER.BASE_LR or add "
+                f"a warm-up (PRETRAIN.SOLVER.WARMUP_ITERS), then restart"
+                + (" or continue with --resume." if last else "."))
+
+    def _log(self, writer, done, lr, window, elapsed):
+        n = window["iters"]
+        images_per_s = n * self.cfg.PRETRAIN.SOLVER.IMS_PER_BATCH / max(elapsed, 1e-9)
+        eta = (self.max_iter - done) * elapsed / max(n, 1)
+        metrics = {"loss": window["loss"] / n, "train_top1_err": window["err"] / n, "lr": lr,
+                   "images_per_s": images_per_s, "data_time_fraction": window["data_s"] / max(elapsed, 1e-9),
+                   "eta_s": eta}
+        writer.write(done, metrics)
+        if comm.is_main_process():
+            logger.info("iter %d/%d  loss %.4f  train err %.2f%%  lr %.4g  %.1f images/s (data %.0f%%)  eta %s",
+                        done, self.max_iter, metrics["loss"], 100 * metrics["train_top1_err"], lr, images_per_s,
+                        100 * metrics["data_time_fraction"], format_eta(eta))
+
+    def _periodic_eval(self, writer, done):
+        result = self.evaluate()
+        writer.write(done, {f"val/{k}": v for k, v in result.items() if k != "images"})
+        if self.schedule.observe_val_error(result["top1_err"]):
+            logger.info("validation error plateaued: lr divided by %g from iteration %d on",
+                        1 / self.cfg.PRETRAIN.SOLVER.GAMMA, done + 1)
+        logger.info("iter %d: validation top-1 error %.2f%%, top-5 error %.2f%% (1-crop, %d images)", done,
+                    100 * result["top1_err"], 100 * result["top5_err"], result["images"])
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self, ten_crop: bool = False) -> dict:
+        """Top-1 / top-5 error on the validation set (1-crop, or the standard 10 crops)."""
+        if ten_crop:
+            loader = build_eval_loader(self.cfg, build_pretrain_dataset(self.cfg, "val", ten_crop=True))
+        else:
+            if self._eval_loader is None:
+                self._eval_loader = build_eval_loader(self.cfg, self.val_set)
+            loader = self._eval_loader
+        return evaluate_classifier(self.module, loader, self.device, ten_crop=ten_crop)
+
+    def recompute_bn(self) -> None:
+        n = self.cfg.PRETRAIN.PRECISE_BN.NUM_ITER
+        loader = build_train_loader(self.cfg, self.train_set, seed=self.seed + _PRECISE_BN_SEED_OFFSET,
+                                    start_iter=0, max_iter=n)
+        layers = recompute_bn_stats(self.module, loader, self.device, n)
+        logger.info("recomputed the statistics of %d BatchNorm layers over %d batches", layers, n)
+
+    def finish(self) -> dict:
+        """After training: precise BN (if enabled), final evaluation, export. Returns the results."""
+        cfg = self.cfg
+        if cfg.PRETRAIN.PRECISE_BN.ENABLED and not self.precise_bn_done:
+            self.recompute_bn()
+            self.precise_bn_done = True
+            self._save(FINAL_NAME, self.max_iter)
+        results = {"model": cfg.PRETRAIN.MODEL, "iteration": self.max_iter, "val": self.evaluate()}
+        if uses_ten_crop(cfg):
+            results["val10"] = self.evaluate(ten_crop=True)
+        for kind, r in [(k, results[k]) for k in ("val", "val10") if k in results]:
+            logger.info("final %s: top-1 error %.2f%%, top-5 error %.2f%% (%d images)",
+                        "10-crop" if kind == "val10" else "1-crop", 100 * r["top1_err"], 100 * r["top5_err"],
+                        r["images"])
+        results["checkpoint"] = self.last_checkpoint
+        if comm.is_main_process():
+            writer = MetricsWriter(cfg.OUTPUT_DIR, start_iter=None, tensorboard=False)
+            writer.write(self.max_iter, {f"{kind}/{k}": v for kind in ("val", "val10") if kind in results
+                                         for k, v in results[kind].items() if k != "images"})
+            writer.close()
+            if cfg.PRETRAIN.EXPORT:
+                weights, record = export_for_detection(
+                    self.module, os.path.join(cfg.OUTPUT_DIR, EXPORT_NAME), self.preprocessing,
+                    model_name=cfg.PRETRAIN.MODEL, iterations=self.max_iter, dataset=cfg.PRETRAIN.DATASET.NAME,
+                    val_top1_err=results["val"]["top1_err"], val_top5_err=results["val"]["top5_err"])
+                results["export"], results["export_provenance"] = weights, record
+                logger.info("detection weights written to %s (preprocessing in %s)", weights, record)
+            atomic_write_text(os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE), json.dumps(results, indent=2))
+        comm.synchronize()
+        return results
