@@ -5,8 +5,8 @@ Importing this package registers the plugin's backbones and ROI heads into detec
 """
 from .config import add_resnet_backbone_config
 from .modeling import create_model, list_models
-from .d2 import backbones as _backbones  # registers the backbones into BACKBONE_REGISTRY
-from .d2 import roi_heads as _roi_heads  # registers the C4 / VGG heads into ROI_HEADS / ROI_BOX_HEAD
+from .d2 import backbones as _backbones  # noqa: F401  registers the backbones into BACKBONE_REGISTRY
+from .d2 import roi_heads as _roi_heads  # noqa: F401  registers the C4 / VGG heads into ROI_HEADS / ROI_BOX_HEAD
 from .d2.backbones import build_rb_resnet_backbone as build_resnet_backbone
 from .d2.backbones import build_rb_resnet_fpn_backbone as build_resnet_fpn_backbone
 from .d2.backbones import build_rb_retinanet_resnet_fpn_backbone as build_retinanet_resnet_fpn_backbone

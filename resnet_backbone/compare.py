@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from .engine.pretrain_metrics import read_metrics
 from .paper_tables import DETECTION_TABLE
 
 METRICS = (("AP50", "mAP@.5"), ("AP", "mAP@[.5,.95]"))
@@ -29,22 +30,10 @@ def load_run(path: str) -> Run:
                                 f"tools/train_net.py run (training or --eval-only)?")
     with open(res_file) as f:
         payload = json.load(f)
-    losses = []
-    metrics = os.path.join(path, "metrics.json")
-    if os.path.isfile(metrics):
-        with open(metrics) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
-                    continue
-                if "total_loss" in rec and "iteration" in rec:
-                    losses.append((int(rec["iteration"]), float(rec["total_loss"])))
+    losses = sorted((int(r["iteration"]), float(r["total_loss"])) for r in read_metrics(path)
+                    if "total_loss" in r and "iteration" in r)
     return Run(path=path, label=payload.get("label", os.path.basename(path.rstrip("/"))),
-               results=payload.get("results", {}), losses=sorted(losses))
+               results=payload.get("results", {}), losses=losses)
 
 
 def _benchmark_of(fmt: str) -> Optional[str]:

@@ -35,6 +35,8 @@ def add_resnet_backbone_config(cfg):
         _c.RB_DEPLOY.FUSE_BN = False
         # run the backbone in channels-last memory format
         _c.RB_DEPLOY.CHANNELS_LAST = False
+        # wrap the model in torch.compile (inference; falls back to eager with a log line if compiling fails)
+        _c.RB_DEPLOY.COMPILE = False
     if "RB_WEIGHTS" not in _c:
         _c.RB_WEIGHTS = CN()
         # allow MODEL.WEIGHTS to leave more than half of the backbone uninitialised (otherwise the load is refused)
@@ -45,6 +47,8 @@ def add_resnet_backbone_config(cfg):
         cfg.RB_TRAIN = CN()
         # detection training: iterations between log lines / metrics.json records (detectron2 hard-codes 20)
         cfg.RB_TRAIN.LOG_PERIOD = 20
+        # training images that cannot be read: False = stop with an error naming the file; True = skip with a warning
+        cfg.RB_TRAIN.SKIP_UNREADABLE_IMAGES = False
     if "PRETRAIN" not in cfg:
         cfg.PRETRAIN = _pretrain_defaults()
     return cfg

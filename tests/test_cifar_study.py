@@ -1,11 +1,10 @@
 """CIFAR depth study: per-network configs, schedule scaling, curves from metrics, the Fig. 6 figure and the table
 beside Table 6, and one tiny end-to-end run of tools/cifar_study.py on the generated set."""
-import importlib.util
 import logging
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import load_tool
 from PIL import Image
 
 from resnet_backbone import paper_tables
@@ -23,18 +22,10 @@ CONFIGS = str(REPO / "configs" / "cifar")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("tools_cifar_study", REPO / "tools" / "cifar_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("cifar_study")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_study_configs_use_leaf_files_or_the_base():

@@ -3,12 +3,12 @@
 References are independent: torchvision's own ResNet / VGG modules with the same (random) weights, detectron2's own
 ResNet (build_resnet_backbone, Res5ROIHeads) and its Caffe2 name conversion. No downloads.
 """
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 import torch
 import torchvision
 
@@ -23,11 +23,6 @@ torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _randomize_norms(model, seed=0):
@@ -307,7 +302,7 @@ def test_provenance_table_round_trips_through_json(tmp_path):
 
 
 def test_cli_end_to_end(tmp_path, tv_resnet50, capsys):
-    tool = _load_tool("convert_weights")
+    tool = load_tool("convert_weights")
     src = tmp_path / "tv_r50.pth"
     atomic_save(tv_resnet50.state_dict(), src)
 
@@ -339,7 +334,7 @@ def test_cli_end_to_end(tmp_path, tv_resnet50, capsys):
 
 
 def test_cli_refuses_bad_conversions(tmp_path, capsys):
-    tool = _load_tool("convert_weights")
+    tool = load_tool("convert_weights")
     vgg = tmp_path / "vgg.pth"
     atomic_save(create_model("vgg16").state_dict(), vgg)
     out = tmp_path / "vgg_msra.pkl"

@@ -1,8 +1,8 @@
 """The model table: counts checked against an independent hook-based count, and the tool's output columns."""
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 import torch
 from torch import nn
 
@@ -15,11 +15,6 @@ torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _hook_multiply_adds(model, size):
@@ -71,7 +66,7 @@ def test_rows_and_table():
 
 
 def test_tool_prints_the_expected_columns(capsys, tmp_path):
-    tool = _load_tool("model_report")
+    tool = load_tool("model_report")
     out_file = tmp_path / "table.md"
     rows = tool.main(["--models", "cifar_resnet20", "resnet18", "--markdown", "--output", str(out_file)])
     captured = capsys.readouterr()

@@ -40,13 +40,7 @@ def tiny_cfg(config, out, root, *opts):
                                 "PRETRAIN.DATASET.GENERATED_VAL_PER_CLASS", "8", *opts])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests train small nets: one thread is as fast on an idle machine and far faster on a busy one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

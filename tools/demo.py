@@ -9,7 +9,6 @@ then print the comparison table next to the paper's Tables 7-8 and write a PNG (
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time

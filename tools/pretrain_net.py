@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.engine import default_setup  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from resnet_backbone.engine.config_io import load_config  # noqa: E402
-from resnet_backbone.engine.launch import launch_checked  # noqa: E402
+from resnet_backbone.engine.launch import build_argument_parser, launch_checked  # noqa: E402
 from resnet_backbone.engine.pretrain import evaluate_pretrained, run_pretraining  # noqa: E402
 
 logger = logging.getLogger("resnet_backbone.pretrain_net")
@@ -32,9 +32,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "imagenet" / 
 
 
 def build_parser():
-    parser = default_argument_parser()
-    parser.add_argument("--config", dest="config_file", metavar="FILE", help="alias of --config-file")
-    return parser
+    return build_argument_parser()
 
 
 def setup(args):

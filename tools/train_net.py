@@ -12,27 +12,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.engine import default_setup  # noqa: E402
 
 import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
+from resnet_backbone.checkpoint.preprocessing import check_preprocessing  # noqa: E402
 from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
-from resnet_backbone.engine.config_io import check_device, load_config  # noqa: E402
-from resnet_backbone.engine.launch import launch_checked  # noqa: E402
+from resnet_backbone.engine.config_io import check_device, flush_denormals_on_cpu, load_config  # noqa: E402
+from resnet_backbone.engine.launch import build_argument_parser, launch_checked  # noqa: E402
 from resnet_backbone.engine.trainer import Trainer, write_eval_results  # noqa: E402
 
 logger = logging.getLogger("resnet_backbone.train_net")
 
 
 def build_parser():
-    parser = default_argument_parser()
-    parser.add_argument("--config", dest="config_file", metavar="FILE", help="alias of --config-file")
-    return parser
+    return build_argument_parser()
 
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
     check_device(cfg.MODEL.DEVICE)
+    flush_denormals_on_cpu(cfg.MODEL.DEVICE)
+    if cfg.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
+        check_preprocessing(cfg, cfg.MODEL.WEIGHTS)  # the .provenance.json beside the weights, if any
     register_synthetic_datasets()
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         check_dataset_registered(name)

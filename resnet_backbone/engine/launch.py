@@ -1,6 +1,6 @@
 """detectron2's launch, with the one check it lacks: several processes per machine without CUDA stop at once."""
 import torch
-from detectron2.engine import launch
+from detectron2.engine import default_argument_parser, launch
 
 
 def check_launch_args(num_gpus: int, num_machines: int = 1, machine_rank: int = 0):
@@ -24,3 +24,10 @@ def launch_checked(main_func, args):
     check_launch_args(args.num_gpus, args.num_machines, args.machine_rank)
     return launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,))
+
+
+def build_argument_parser():
+    """detectron2's train_net arguments (--config-file, --num-gpus, --resume, ... KEY VALUE) plus --config."""
+    parser = default_argument_parser()
+    parser.add_argument("--config", dest="config_file", metavar="FILE", help="alias of --config-file")
+    return parser

@@ -4,7 +4,7 @@ import logging
 import os
 import weakref
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.engine.hooks import PeriodicWriter
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
@@ -12,6 +12,7 @@ from detectron2.utils import comm
 
 from ..checkpoint.atomic import atomic_write_text
 from ..checkpoint.checkpointer import SafeDetectionCheckpointer
+from ..data.checked_mapper import CheckedDatasetMapper
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,16 @@ def build_detection_evaluator(cfg, dataset_name, output_folder=None):
 
 class Trainer(DefaultTrainer):
     """Overrides only what differs from DefaultTrainer: evaluators, the checkpointer, NaN reporting."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = CheckedDatasetMapper(cfg, is_train=True, skip_unreadable=cfg.RB_TRAIN.SKIP_UNREADABLE_IMAGES)
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # evaluation never skips: a missing image would change the metric silently
+        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

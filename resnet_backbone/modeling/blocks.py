@@ -6,7 +6,6 @@ argument: "A" (identity, zero-padded channels, parameter-free), "B" (projection 
 """
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, get_norm
 from torch import nn
@@ -95,7 +94,11 @@ class _ResidualBlock(CNNBlockBase):
         if self.shortcut_option == "none":
             return F.relu_(branch)
         identity = self.shortcut(x) if self.shortcut is not None else x
-        return F.relu_(self.drop_path(branch) + identity)
+        out = self.drop_path(branch)
+        # in place, as detectron2's blocks: no extra activation-sized tensor per block (the norms' backward needs
+        # their input, not this output)
+        out += identity
+        return F.relu_(out)
 
 
 class BasicBlock(_ResidualBlock):

@@ -5,14 +5,14 @@ forward returns the requested feature maps ("stem", "res2", ...). Parameter name
 (`stem.conv1`, `res2.0.conv1.norm`, `res4.22.shortcut`, `linear`), so detectron2 checkpoints map one to one.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
-from detectron2.modeling import Backbone
+from detectron2.layers import CNNBlockBase, Conv2d, get_norm
 from torch import nn
 
+from .base import ClassifierBackbone
 from .blocks import BLOCK_TYPES
 from .init import init_conv, init_linear
 from .options import NORM_OPTIONS, SHORTCUT_OPTIONS, check_choice, check_int, check_rate
@@ -137,7 +137,7 @@ def make_stage(spec: StageSpec, *, norm="BN", shortcut="B", stride_in_1x1=True, 
     return nn.Sequential(*blocks)
 
 
-class ResNet(Backbone):
+class ResNet(ClassifierBackbone):
     """ResNet-{18,34,50,101,152} (variant="imagenet") or CIFAR ResNet-(6n+2) (variant="cifar").
 
     Args:
@@ -212,8 +212,6 @@ class ResNet(Backbone):
         return self
 
     def forward_features(self, x) -> Dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"ResNet takes (N, C, H, W) input, got shape {tuple(x.shape)}")
         outputs = {}
         x = self.stem(x)
         if "stem" in self._out_features:
@@ -225,16 +223,8 @@ class ResNet(Backbone):
         outputs["_last"] = x
         return outputs
 
-    def forward(self, x):
-        feats = self.forward_features(x)
-        last = feats.pop("_last")
-        if self.num_classes is None:
-            return feats
-        return self.linear(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
-                for name in self._out_features}
+    def classify(self, last):
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))  # global average pool + fc
 
     @property
     def size_divisibility(self) -> int:

@@ -7,10 +7,10 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import Conv2d, ShapeSpec
-from detectron2.modeling import Backbone
+from detectron2.layers import Conv2d
 from torch import nn
 
+from .base import ClassifierBackbone
 from .init import init_conv
 from .options import check_choice, check_int, check_rate
 
@@ -26,7 +26,7 @@ def vgg_conv_names(layers=VGG16_LAYERS):
     return [f"conv{b + 1}_{i + 1}" for b, block in enumerate(layers) for i in range(len(block))]
 
 
-class VGG(Backbone):
+class VGG(ClassifierBackbone):
     """VGG-16 convolutional body (+ optional classifier).
 
     Args:
@@ -81,8 +81,6 @@ class VGG(Backbone):
         return self
 
     def forward_features(self, x) -> Dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"VGG takes (N, C, H, W) input, got shape {tuple(x.shape)}")
         outputs = {}
         last_needed = len(self.block_names) if self.num_classes else 1 + max(
             int(f[4]) - 1 for f in self._out_features)
@@ -96,16 +94,8 @@ class VGG(Backbone):
         outputs["_last"] = x
         return outputs
 
-    def forward(self, x):
-        feats = self.forward_features(x)
-        last = feats.pop("_last")
-        if self.num_classes is None:
-            return feats
+    def classify(self, last):
         x = F.adaptive_avg_pool2d(F.max_pool2d(last, 2, 2), VGG_POOL_SIZE)  # pool5
         x = self.dropout(F.relu_(self.fc6(torch.flatten(x, 1))))
         x = self.dropout(F.relu_(self.fc7(x)))
         return self.fc8(x)
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
-                for n in self._out_features}
