@@ -53,6 +53,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/demo", help="folder for the runs, the table and the plot")
     parser.add_argument("--iters", type=int, default=None, help="override SOLVER.MAX_ITER of both detectors")
+    parser.add_argument("--detectors", nargs="+", default=[d[0] for d in DETECTORS],
+                        choices=[d[0] for d in DETECTORS], help="which detectors to run (default: both)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides passed to both detectors")
     args = parser.parse_args(argv)
     t0 = time.time()
@@ -70,7 +72,8 @@ def main(argv=None):
 
     log(f"embedded data at {ensure_synthetic_dataset()}")
     summary = {}
-    for name, config, family in DETECTORS:
+    chosen = [d for d in DETECTORS if d[0] in args.detectors]
+    for name, config, family in chosen:
         opts = overrides_to_opts(sections["common"], sections[family]) + extra
         log(f"{name}: evaluating the untrained model")
         base = run_train_net(config, out / f"{name}_untrained", opts, eval_only=True)
@@ -81,7 +84,7 @@ def main(argv=None):
 
     from resnet_backbone.compare import compare_runs
 
-    rows = compare_runs([out / d[0] for d in DETECTORS], out / "comparison.png", markdown=out / "comparison.md")
+    rows = compare_runs([out / d[0] for d in chosen], out / "comparison.png", markdown=out / "comparison.md")
     summary["minutes"] = round((time.time() - t0) / 60, 1)
     (out / "summary.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
     log(f"done in {summary['minutes']} min; summary in {out / 'summary.json'}")
