@@ -35,6 +35,8 @@ def add_resnet_backbone_config(cfg):
         _c.RB_DEPLOY.FUSE_BN = False
         # run the backbone in channels-last memory format
         _c.RB_DEPLOY.CHANNELS_LAST = False
+        # CPU: convolutions on pre-packed oneDNN weights, ReLU / shortcut addition fused into them (after FUSE_BN)
+        _c.RB_DEPLOY.ONEDNN = False
         # wrap the model in torch.compile (inference; falls back to eager with a log line if compiling fails)
         _c.RB_DEPLOY.COMPILE = False
     if "RB_WEIGHTS" not in _c:

@@ -16,7 +16,7 @@ NAMES = st.one_of(
     st.builds(lambda k, d: f"cifar_{k}{d}", st.sampled_from(["resnet", "plain"]), st.integers(-3, 40)),
     st.text(max_size=12),
 )
-ANY = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(-1, 2), st.just(float("nan")),
+ANY = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(-1, 2, allow_subnormal=False), st.just(float("nan")),
                 st.text(max_size=6), st.sampled_from(["A", "B", "C", "none", "BN", "GN", "FrozenBN", "res4"]))
 OPTIONS = st.dictionaries(
     st.sampled_from(["shortcut", "norm", "stride_in_1x1", "num_groups", "width_per_group", "drop_path_rate",

@@ -84,6 +84,15 @@ def test_train_resume_eval_only_and_compare(tmp_path, datasets_root):
     for ds in resumed["results"]:
         assert again["results"][ds]["bbox"]["AP"] == pytest.approx(resumed["results"][ds]["bbox"]["AP"], abs=1e-6)
 
+    # the deploy path (BN folded into the convolutions) is usable from the config and keeps the AP
+    fused = tmp_path / "fused"
+    _run(cfg + ["--eval-only"] + _opts() + ["OUTPUT_DIR", str(fused), "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                                            "MODEL.RB_DEPLOY.FUSE_BN", "True"], datasets_root)
+    fused_res = json.loads((fused / "eval_results.json").read_text())
+    for ds in resumed["results"]:
+        assert fused_res["results"][ds]["bbox"]["AP50"] == pytest.approx(
+            resumed["results"][ds]["bbox"]["AP50"], abs=1.0)
+
     # the comparison tool builds the table and the PNG from two finished runs
     png = tmp_path / "cmp.png"
     rows = compare_tool.main([str(out), str(ev), "--png", str(png), "--markdown", str(tmp_path / "cmp.md")])

@@ -18,7 +18,8 @@ import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
 from resnet_backbone.checkpoint.preprocessing import check_preprocessing  # noqa: E402
 from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
-from resnet_backbone.engine.config_io import check_device, flush_denormals_on_cpu, load_config  # noqa: E402
+from resnet_backbone.deploy import apply_deploy_config  # noqa: E402
+from resnet_backbone.engine.config_io import check_device, load_config  # noqa: E402
 from resnet_backbone.engine.launch import build_argument_parser, launch_checked  # noqa: E402
 from resnet_backbone.engine.trainer import Trainer, write_eval_results  # noqa: E402
 
@@ -32,7 +33,6 @@ def build_parser():
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
     check_device(cfg.MODEL.DEVICE)
-    flush_denormals_on_cpu(cfg.MODEL.DEVICE)
     if cfg.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
         check_preprocessing(cfg, cfg.MODEL.WEIGHTS)  # the .provenance.json beside the weights, if any
     register_synthetic_datasets()
@@ -49,6 +49,7 @@ def main(args):
         model = Trainer.build_model(cfg)
         SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL
                                   ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        model = apply_deploy_config(cfg, model)  # MODEL.RB_DEPLOY.*: BN folding, oneDNN, channels-last, compile
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)

@@ -64,11 +64,3 @@ def check_device(device: str):
                          f"add `MODEL.DEVICE cpu` to the command line")
     return dev
 
-
-def flush_denormals_on_cpu(device: str):
-    """On CPU, treat denormal floats as zero. Zero-initialised norms (ZERO_INIT_LAST) and decaying weights produce
-    values below 1e-38 whose x86 arithmetic is many times slower; flushing them changes no result that matters."""
-    import torch
-
-    if torch.device(device).type == "cpu":
-        torch.set_flush_denormal(True)

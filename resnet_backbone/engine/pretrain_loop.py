@@ -25,7 +25,7 @@ from ..checkpoint.atomic import atomic_write_text
 from ..checkpoint.safe_load import load_file, state_dict_from
 from ..modeling import create_model
 from .classification_eval import evaluate_classifier, recompute_bn_stats
-from .config_io import check_device, flush_denormals_on_cpu
+from .config_io import check_device
 from .export import EXPORT_NAME, export_for_detection
 from .pretrain_checkpoint import FINAL_NAME, PretrainCheckpointer, capture_rng_state, restore_rng_state
 from .pretrain_data import (
@@ -92,7 +92,6 @@ class PretrainRun:
     def __init__(self, cfg):
         _check_cfg(cfg)
         check_device(cfg.MODEL.DEVICE)
-        flush_denormals_on_cpu(cfg.MODEL.DEVICE)
         self.cfg = cfg
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.max_iter = cfg.PRETRAIN.SOLVER.MAX_ITER

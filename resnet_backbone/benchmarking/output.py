@@ -1,0 +1,138 @@
+"""Benchmark results as a JSON file, a short text table and a bar plot of the time ratios."""
+import json
+import math
+import os
+from typing import Iterator, List, Tuple
+
+__all__ = ["groups", "format_table", "check_targets", "write_json", "plot_ratios"]
+
+# Issue 7's targets: (section, phase, contender, reference, what is compared, bound) on median times
+# "time_ratio_max": contender / reference <= bound; "speedup_min": reference / contender >= bound;
+# "memory_ratio_max": peak memory contender / reference <= bound
+TARGETS = (
+    ("backbone_r101", "train", "plugin", "time_ratio_max", 1.00),
+    ("c4_r101", "train", "plugin", "time_ratio_max", 1.00),
+    ("backbone_r101", "inference", "plugin-deploy", "speedup_min", 1.30),
+    ("backbone_r50", "inference", "plugin-deploy", "speedup_min", 1.30),
+    ("backbone_r101", "train", "plugin", "memory_ratio_max", 1.00),
+    ("backbone_r101", "inference", "plugin-deploy", "memory_ratio_max", 1.00),
+    ("c4_r101", "train", "plugin", "memory_ratio_max", 1.00),
+    ("c4_r101", "inference", "plugin-deploy", "memory_ratio_max", 1.00),
+)
+
+
+def groups(results: dict) -> Iterator[Tuple[str, str, dict]]:
+    """(section, phase, group) for every timed group in the results."""
+    for section, value in results.get("sections", {}).items():
+        for phase in ("train", "inference"):
+            if isinstance(value, dict) and phase in value:
+                yield section, phase, value[phase]
+
+
+def _fmt(value, pattern, missing="-"):
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
+
+
+def format_table(results: dict) -> str:
+    """One line per contender: median time, ratio and speedup vs the group's reference, images/s, MACs, GFLOP/s,
+    peak memory and its ratio; then the matmul peak, the input pipeline and the targets."""
+    header = (f"{'section':<15} {'phase':<9} {'contender':<22} {'median s':>9} {'spread':>7} {'ratio':>6} "
+              f"{'speedup':>7} {'img/s':>7} {'GMAC/img':>8} {'GFLOP/s':>8} {'peak MiB':>9} {'mem ratio':>9}")
+    lines = [header, "-" * len(header)]
+    for section, phase, group in groups(results):
+        ref = group["reference"]
+        for name, c in group["contenders"].items():
+            mark = "*" if name == ref else " "
+            macs, peak = c["multiply_adds_per_image"], c["peak_memory_bytes"]
+            lines.append(
+                f"{section:<15} {phase:<9} {name + mark:<22} {c['median_s']:>9.4f} "
+                f"{c['spread_iqr_over_median']:>6.0%} {c['ratio_to_reference']:>6.3f} "
+                f"{c['speedup_vs_reference']:>7.3f} {c['images_per_s']:>7.2f} "
+                f"{_fmt(macs and macs / 1e9, '{:.2f}'):>8} {_fmt(c['achieved_gflops'], '{:.1f}'):>8} "
+                f"{_fmt(peak and peak / 2**20, '{:.0f}'):>9} {_fmt(c['memory_ratio_to_reference'], '{:.3f}'):>9}")
+    lines.append("* reference of the group; ratio = median time / reference's (< 1 faster); speedup = 1 / ratio; "
+                 "spread = interquartile range / median;")
+    lines.append("  reference-copy = a deep copy of the reference (noise floor); training GFLOP/s counts "
+                 "3 x forward multiply-adds x 2")
+    env = results.get("environment", {})
+    if env.get("matmul_peak_gflops"):
+        lines.append(f"matmul peak (torch.mm float32 {env.get('matmul_size')}^3): {env['matmul_peak_gflops']:.1f} "
+                     f"GFLOP/s on {env.get('device')} with {env.get('threads')} thread(s)")
+    pipe = results.get("sections", {}).get("pipeline")
+    if pipe:
+        lp = pipe["loader"]
+        lines.append(f"input pipeline: {lp['images_per_s']:.1f} images/s with {lp['num_workers']} worker(s) "
+                     f"({lp['images_per_s_per_worker']:.1f} per worker, {lp['image_size']}px PNG -> "
+                     f"scale {tuple(lp['scale'])} crop {lp['crop_size']}); {pipe['model']} trains on "
+                     f"{pipe['model_images_per_s']:.1f} images/s -> {pipe['workers_needed_to_keep_up']:.2f} "
+                     f"worker(s) keep up")
+    for line in check_targets(results):
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def check_targets(results: dict) -> List[str]:
+    """One line per issue-7 target whose section was run: the measured value and met / NOT met."""
+    out = []
+    sections = results.get("sections", {})
+    for section, phase, name, kind, bound in TARGETS:
+        group = sections.get(section, {}).get(phase)
+        if not group or name not in group["contenders"]:
+            continue
+        c, ref = group["contenders"][name], group["reference"]
+        floor = group["contenders"].get("reference-copy")
+        if kind == "time_ratio_max":
+            value, ok, text, rel = c["ratio_to_reference"], c["ratio_to_reference"] <= bound, f"time {name}/{ref}", "<="
+        elif kind == "speedup_min":
+            value, ok, text = c["speedup_vs_reference"], c["speedup_vs_reference"] >= bound, f"speedup {ref}/{name}"
+            rel = ">="
+        else:
+            value = c["memory_ratio_to_reference"]
+            if value is None:
+                continue
+            ok, text, rel = value <= bound, f"peak memory {name}/{ref}", "<="
+        line = f"target {section} {phase}: {text} = {value:.3f} ({rel} {bound:.2f}: {'met' if ok else 'NOT met'})"
+        if floor and kind == "time_ratio_max":
+            line += f"; noise floor: a copy of {ref} / {ref} = {floor['ratio_to_reference']:.3f}"
+        out.append(line)
+    return out
+
+
+def write_json(results: dict, path: str):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def plot_ratios(results: dict, path: str):
+    """Horizontal bars: median time / reference's median for every contender of every group (line at 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for section, phase, group in groups(results):
+        for name, c in group["contenders"].items():
+            rows.append((f"{section} {phase}: {name} / {group['reference']}", c["ratio_to_reference"],
+                         name == group["reference"]))
+    if not rows:
+        raise ValueError("no timed groups in the results to plot")
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    labels = [r[0] for r in rows][::-1]
+    values = [r[1] for r in rows][::-1]
+    colours = ["#999999" if r[2] else ("#2a7ab9" if r[1] <= 1.0 else "#d95f02") for r in rows][::-1]
+    ax.barh(range(len(rows)), values, color=colours)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xlabel("median time / reference median time (< 1: faster)")
+    env = results.get("environment", {})
+    ax.set_title(f"resnet_backbone benchmark ({env.get('device', '?')}, {env.get('threads', '?')} thread(s))",
+                 fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,260 @@
+"""The sections of tools/benchmark.py: backbones, the C4 R-101 and VGG-16 detectors, the input pipeline.
+
+Every section builds its contenders, checks that contenders meant to compute the same function do (max relative
+difference recorded), times them interleaved (see timing.py), then measures each one's peak memory and work.
+Results are plain dicts, ready for JSON.
+"""
+import contextlib
+import copy
+import statistics
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..deploy import prepare_for_inference
+from ..modeling.factory import create_model
+from .contenders import (backbone_contenders, build_detector, builtin_c4_cfg, detector_inputs, plugin_detector_cfg)
+from .flops import achieved_gflops, detector_multiply_adds, multiply_adds
+from .memory import peak_memory_bytes
+from .pipeline import input_pipeline_throughput
+from .timing import interleaved_timings, ratios
+
+__all__ = ["Settings", "run_backbone_section", "run_detector_section", "run_pipeline_section", "deployed"]
+
+# a training step does a forward and a backward pass; backward ~ 2 x forward (input and weight gradients)
+TRAIN_PASSES = 3.0
+NOISE_FLOOR = "reference-copy"  # a deep copy of the group's reference model (see Settings.noise_floor)
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    repeats: int
+    warmup: int
+    compile: bool = False
+    channels_last: object = "auto"
+    onednn: object = "auto"
+    memory_rounds: int = 3
+    # time a deep copy of the reference too: two copies of one model differ only by noise (memory placement, load),
+    # which bounds what a ratio between two contenders can resolve
+    noise_floor: bool = True
+
+
+def deployed(model: nn.Module, settings: Settings, *, compile: bool = False) -> nn.Module:
+    """A deep copy of `model` through the deploy path (BN folding, oneDNN fusion, channels-last, optionally
+    torch.compile)."""
+    return prepare_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=settings.channels_last,
+                                 onednn=settings.onednn, compile=compile)
+
+
+def _max_rel_diff(a, b) -> float:
+    if isinstance(a, dict):
+        return max(_max_rel_diff(a[k], b[k]) for k in a)
+    a, b = a.float(), b.float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def _summary(timings, reference, *, macs: Dict[str, int], images: int, passes: float,
+             memory: Dict[str, Optional[int]]) -> dict:
+    rel = ratios(timings, reference)
+    out = {}
+    for name, t in timings.items():
+        out[name] = dict(t.to_dict(), ratio_to_reference=rel[name], speedup_vs_reference=1.0 / rel[name],
+                         images_per_s=images / t.median, multiply_adds_per_image=macs.get(name),
+                         achieved_gflops=(achieved_gflops(macs[name], images, t.median, passes=passes)
+                                          if macs.get(name) else None),
+                         peak_memory_bytes=memory.get(name),
+                         memory_ratio_to_reference=(memory[name] / memory[reference]
+                                                    if memory.get(name) and memory.get(reference) else None))
+    return {"reference": reference, "contenders": out}
+
+
+def _peak_memory(calls: Dict[str, Callable[[], object]], device: torch.device, rounds: int) -> Dict[str, Optional[int]]:
+    """Median over `rounds` interleaved measurements of each call's peak memory (allocator state varies a little
+    from call to call)."""
+    names = list(calls)
+    seen: Dict[str, list] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seen[name].append(peak_memory_bytes(calls[name], device))
+    return {n: (None if None in v else int(statistics.median(v))) for n, v in seen.items()}
+
+
+def _timed_group(calls: Dict[str, Callable[[], object]], reference: str, settings: Settings, *, repeats: int,
+                 macs: Dict[str, int], images: int, passes: float) -> dict:
+    timings = interleaved_timings(calls, repeats=repeats, warmup=settings.warmup, device=settings.device)
+    memory = _peak_memory(calls, settings.device, settings.memory_rounds)
+    return _summary(timings, reference, macs=macs, images=images, passes=passes, memory=memory)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# backbones
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _backbone_train_step(model, x):
+    def step():
+        model.zero_grad(set_to_none=True)
+        feats = model(x)
+        sum(f.float().sum() for f in feats.values()).backward()
+
+    return step
+
+
+def _inference_call(model, *args):
+    def call():
+        with torch.no_grad():
+            return model(*args)
+
+    return call
+
+
+def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, size: int,
+                         settings: Settings) -> dict:
+    """Training step (forward + backward) and inference of the plugin ResNet, detectron2's and torchvision's."""
+    device = settings.device
+    models = {k: m.to(device) for k, m in backbone_contenders(depth, norm, freeze_at).items()}
+    x = torch.randn(batch, 3, size, size, device=device)
+    macs = {k: multiply_adds(m, x[:1]) for k, m in models.items()}
+
+    train_models = dict(models)
+    if settings.noise_floor:
+        train_models[NOISE_FLOOR] = copy.deepcopy(models["detectron2"])
+        macs[NOISE_FLOOR] = macs["detectron2"]
+    for m in train_models.values():
+        m.train()
+    train = _timed_group({k: _backbone_train_step(m, x) for k, m in train_models.items()}, "detectron2", settings,
+                         repeats=settings.repeats, macs=macs, images=batch, passes=TRAIN_PASSES)
+
+    for m in models.values():
+        m.eval()
+    infer_models = dict(models)
+    infer_models["plugin-deploy"] = deployed(models["plugin"], settings)
+    # the same deploy path applied to detectron2's own backbone: what the folding / layout alone is worth
+    infer_models["detectron2-deploy"] = deployed(models["detectron2"], settings)
+    if settings.compile:
+        infer_models["plugin-deploy-compile"] = deployed(models["plugin"], settings, compile=True)
+    for name in [n for n in infer_models if n not in macs]:
+        macs[name] = macs["plugin" if name.startswith("plugin") else "detectron2"]
+    with torch.no_grad():
+        ref = models["detectron2"](x)
+        check = {name: _max_rel_diff(infer_models[name](x), ref) for name in infer_models if name != "torchvision"}
+    infer = _timed_group({k: _inference_call(m, x) for k, m in infer_models.items()}, "detectron2", settings,
+                         repeats=settings.repeats, macs=macs, images=batch, passes=1.0)
+    return {"depth": depth, "norm": norm, "freeze_at": freeze_at, "batch": batch, "size": size,
+            "max_rel_diff_vs_detectron2": check, "train": train, "inference": infer}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# detectors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _detector_train_step(model, inputs, optimizer):
+    from detectron2.utils.events import EventStorage
+
+    def step():
+        with EventStorage(0):  # the heads log scalars into the current storage while training
+            losses = model(inputs)
+            total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+
+    return step
+
+
+def _sgd(model):
+    # lr 0: the update is computed and applied, but the weights (so proposals and sampled RoIs) stay as they are
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9,
+                           weight_decay=0.0)
+
+
+def _detection_counts(outputs) -> list:
+    return [len(o["instances"]) for o in outputs]
+
+
+def run_detector_section(kind: str, config_file: str, *, images: int, height: int, width: int, settings: Settings,
+                         opts: Sequence[str] = ()) -> dict:
+    """kind "c4": plugin C4 R-101 config vs detectron2's built-in R-101-C4 (same weights); kind "vgg16": the
+    plugin's VGG-16 Faster R-CNN alone. Full training iteration (forward, backward, SGD step) and inference."""
+    if kind not in ("c4", "vgg16"):
+        raise ValueError(f"detector kind must be 'c4' or 'vgg16', got {kind!r}")
+    device = settings.device
+    cfg = plugin_detector_cfg(config_file, str(device), opts)
+    models = {"plugin": build_detector(cfg)}
+    if kind == "c4":
+        models["detectron2"] = build_detector(builtin_c4_cfg(cfg))
+        # same weights (same parameter names), so both make the same proposals and sample alike
+        models["plugin"].load_state_dict(models["detectron2"].state_dict())
+    reference = "detectron2" if kind == "c4" else "plugin"
+    inputs = detector_inputs(images, height, width, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                             input_format=cfg.INPUT.FORMAT)
+
+    for m in models.values():
+        m.eval()
+    macs = {k: detector_multiply_adds(m, inputs) for k, m in models.items()}
+    train_models = dict(models)
+    if settings.noise_floor and kind == "c4":
+        train_models[NOISE_FLOOR] = copy.deepcopy(models[reference])
+        macs[NOISE_FLOOR] = macs[reference]
+    for m in train_models.values():
+        m.train()
+    train = _timed_group({k: _detector_train_step(m, inputs, _sgd(m)) for k, m in train_models.items()},
+                         reference, settings, repeats=settings.repeats, macs=macs, images=images,
+                         passes=TRAIN_PASSES)
+
+    for m in models.values():
+        m.eval()
+    infer_models = dict(models)
+    infer_models["plugin-deploy"] = deployed(models["plugin"], settings)
+    if kind == "c4":
+        infer_models["detectron2-deploy"] = deployed(models["detectron2"], settings)
+    if settings.compile:
+        infer_models["plugin-deploy-compile"] = deployed(models["plugin"], settings, compile=True)
+    for name in [n for n in infer_models if n not in macs]:
+        macs[name] = macs["plugin" if name.startswith("plugin") else "detectron2"]
+    with torch.no_grad():
+        counts = {name: _detection_counts(m(inputs)) for name, m in infer_models.items()}
+    infer = _timed_group({k: _inference_call(m, inputs) for k, m in infer_models.items()}, reference, settings,
+                         repeats=settings.repeats, macs=macs, images=images, passes=1.0)
+    return {"kind": kind, "config": config_file, "images": images, "height": height, "width": width,
+            "detections_per_image": counts,
+            "train": train, "inference": infer}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# input pipeline vs consumption
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_pipeline_section(*, model_name: str, batch: int, crop_size: int, image_size: int, scale: tuple,
+                         num_workers: int, num_batches: int, settings: Settings, root: Optional[str] = None) -> dict:
+    """Images/s the pretraining loader delivers (per worker and in total) and images/s the plugin classifier
+    consumes in a training step (forward, backward, SGD step) at the same crop size."""
+    with contextlib.ExitStack() as stack:
+        if root is None:
+            root = stack.enter_context(tempfile.TemporaryDirectory(prefix="rb_pipeline_"))
+        loader = input_pipeline_throughput(root, num_workers=num_workers, batch_size=batch, num_batches=num_batches,
+                                           image_size=image_size, crop_size=crop_size, scale=scale)
+    model = create_model(model_name).to(settings.device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    x = torch.randn(batch, 3, crop_size, crop_size, device=settings.device)
+    y = torch.randint(0, model.num_classes, (batch,), device=settings.device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    timing = interleaved_timings({"train": step}, repeats=settings.repeats, warmup=settings.warmup,
+                                 device=settings.device)["train"]
+    consumption = batch / timing.median
+    workers_needed = consumption / loader.images_per_s_per_worker
+    return {"loader": loader.to_dict(), "model": model_name, "batch": batch,
+            "model_images_per_s": consumption, "model_step": timing.to_dict(),
+            "loader_over_model": loader.images_per_s / consumption,
+            "workers_needed_to_keep_up": workers_needed}

@@ -1,0 +1,281 @@
+"""The deploy path (resnet_backbone.deploy) computes what the unfused model computes, within 1e-4 relative.
+
+No timings here (tools/benchmark.py measures speed); only numerical equality, what gets folded, the guards, and
+a smoke run of the benchmark tool.
+"""
+import copy
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_tool
+from detectron2.config import get_cfg
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.backbone.resnet import build_resnet_backbone as d2_build_resnet_backbone
+from torch import nn
+
+import resnet_backbone  # noqa: F401  registers the plugin's backbones and heads
+from resnet_backbone import add_resnet_backbone_config, create_model
+from resnet_backbone import deploy
+from resnet_backbone.deploy import OneDNNConv2d, apply_deploy_config, fold_batchnorm, prepare_for_inference
+from resnet_backbone.modeling import VGG, ResNet
+
+REPO = Path(__file__).resolve().parents[1]
+RTOL = 1e-4
+
+
+def _randomize_norm_stats(model: nn.Module, seed: int = 0):
+    """Non-trivial statistics and affine parameters in every BN / FrozenBN, so folding has something to do."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.25)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+    return model
+
+
+def _rel_err(out, ref) -> float:
+    if isinstance(ref, dict):
+        assert out.keys() == ref.keys()
+        return max(_rel_err(out[k], ref[k]) for k in ref)
+    return float((out - ref).abs().max() / ref.abs().max())
+
+
+def _norms(model):
+    return sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())
+
+
+def _check_equal(model, x, *, expect_folded, **options):
+    model = _randomize_norm_stats(model).eval()
+    with torch.no_grad():
+        ref = model(x)
+    fast = prepare_for_inference(copy.deepcopy(model), fuse_bn=True, **options)
+    assert _norms(fast) == _norms(model) - expect_folded
+    with torch.no_grad():
+        out = fast(x)
+    assert _rel_err(out, ref) < RTOL
+    return fast
+
+
+def test_resnet50_classifier():
+    model = create_model("resnet50")
+    n_bn = _norms(model)
+    assert n_bn == 53  # 49 convs + 4 projection shortcuts
+    x = torch.randn(2, 3, 64, 64)
+    for channels_last, onednn in ((False, False), (True, False), (False, True), (True, True)):
+        fast = _check_equal(model, x, expect_folded=n_bn, channels_last=channels_last, onednn=onednn)
+        assert all(m.norm is None and m.bias is not None for m in fast.modules() if isinstance(m, Conv2d))
+        assert fast.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        fused = [m for m in fast.modules() if type(m).__name__ in ("_FusedResidualBlock", "_FusedStem")]
+        assert len(fused) == (17 if onednn else 0)  # 16 bottlenecks + the stem
+        assert all(isinstance(m, OneDNNConv2d) for m in fast.modules() if isinstance(m, Conv2d)) == onednn
+    # same parameter names as the folded model: weights can be loaded into the deployed model
+    folded = copy.deepcopy(model).eval()
+    fold_batchnorm(folded)
+    assert list(fast.state_dict()) == list(folded.state_dict())
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_plain20"])
+def test_cifar_nets_option_a_shortcuts_and_plain(name):
+    model = create_model(name)
+    fast = _check_equal(model, torch.randn(4, 3, 32, 32), expect_folded=_norms(model), channels_last=True,
+                        onednn=True)
+    assert type(fast.res3[0]).__name__ == "_FusedResidualBlock"
+
+
+def test_vgg_backbone_has_nothing_to_fold_and_keeps_outputs():
+    model = VGG(out_features=["conv4_3", "conv5_3"])
+    for onednn in (False, True):
+        fast = _check_equal(model, torch.randn(1, 3, 64, 64), expect_folded=0, channels_last=True, onednn=onednn)
+        assert fast.conv1_1.weight.is_contiguous(memory_format=torch.channels_last)
+        assert isinstance(fast.conv5_3, OneDNNConv2d) == onednn
+
+
+def test_detectron2_builtin_resnet_is_folded_too():
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3"]
+    model = d2_build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    fast = _check_equal(model, torch.randn(1, 3, 64, 64), expect_folded=_norms(model), channels_last=True,
+                        onednn=True)
+    assert type(fast.stem).__name__ == "_FusedStem" and type(fast.res3[0]).__name__ == "_FusedResidualBlock"
+
+
+def _c4_cfg(**deploy_keys):
+    cfg = get_cfg()
+    add_resnet_backbone_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs/coco/frcnn_r101.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = 50  # the R-101 config's C4 layout at half the build time
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
+    for key, value in deploy_keys.items():
+        cfg.MODEL.RB_DEPLOY[key] = value
+    return cfg
+
+
+def test_c4_detector_backbone_and_res5_through_apply_deploy_config():
+    cfg = _c4_cfg(FUSE_BN=True, CHANNELS_LAST=True, ONEDNN=True)
+    model = _randomize_norm_stats(build_model(cfg)).eval()
+    assert isinstance(model.backbone, ResNet)
+    assert isinstance(model.backbone.res2[0].conv1.norm, FrozenBatchNorm2d)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref_res4 = model.backbone(x)["res4"]
+        ref_res5 = model.roi_heads.res5(ref_res4)
+    fast = apply_deploy_config(cfg, copy.deepcopy(model))
+    assert _norms(fast) == 0
+    assert not [k for k in fast.state_dict() if ".norm." in k]
+    assert type(fast.roi_heads.res5[0]).__name__ == "_FusedResidualBlock"
+    with torch.no_grad():
+        res4 = fast.backbone(x)["res4"]
+        res5 = fast.roi_heads.res5(ref_res4)
+        assert _rel_err(res4, ref_res4) < RTOL
+        assert _rel_err(res5, ref_res5) < RTOL
+        # and the whole deployed detector runs (channels-last features through RPN, RoI pooling, box head)
+        image = (torch.rand(3, 64, 96) * 255).to(torch.uint8)
+        (out,) = fast([{"image": image, "height": 64, "width": 96}])
+    assert out["instances"].image_size == (64, 96)
+
+
+def test_apply_deploy_config_with_everything_off_leaves_the_model_alone():
+    cfg = _c4_cfg()
+    model = create_model("cifar_resnet8").train()
+    assert apply_deploy_config(cfg, model) is model
+    assert model.training and _norms(model) > 0
+
+
+def test_apply_deploy_config_rejects_non_bool():
+    cfg = _c4_cfg()
+    cfg.MODEL.RB_DEPLOY.FUSE_BN = 1
+    with pytest.raises(ValueError, match="FUSE_BN"):
+        apply_deploy_config(cfg, create_model("cifar_resnet8"))
+
+
+def test_fold_refuses_training_mode_and_leaves_batch_dependent_norms():
+    model = create_model("cifar_resnet8")
+    with pytest.raises(ValueError, match="training mode"):
+        fold_batchnorm(model.train())
+    gn = ResNet(18, norm="GN", num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = gn(x)
+    assert fold_batchnorm(gn) == 0
+    with torch.no_grad():
+        assert torch.equal(gn(x), ref)
+    # BatchNorm without running statistics normalises with the batch's: not foldable either
+    conv = Conv2d(3, 4, 3, padding=1, bias=False, norm=nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    assert fold_batchnorm(conv) == 0
+
+
+def test_fold_keeps_an_existing_conv_bias():
+    conv = Conv2d(3, 5, 3, padding=1, bias=True, norm=nn.BatchNorm2d(5))
+    nn.init.normal_(conv.bias)
+    _randomize_norm_stats(conv).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = conv(x)
+        assert fold_batchnorm(conv) == 1
+        assert _rel_err(conv(x), ref) < RTOL
+
+
+@pytest.mark.parametrize("bad", [dict(channels_last="yes"), dict(channels_last=1), dict(onednn="on"),
+                                 dict(fuse_bn="true"), dict(compile=None)])
+def test_prepare_for_inference_rejects_bad_options(bad):
+    with pytest.raises(ValueError):
+        prepare_for_inference(create_model("cifar_resnet8"), **bad)
+
+
+def test_deployed_model_copies_and_falls_back_when_gradients_are_needed():
+    model = _randomize_norm_stats(create_model("cifar_resnet8")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    fast = prepare_for_inference(copy.deepcopy(model), onednn=True, channels_last=True)
+    assert not any(p.requires_grad for p in fast.parameters())
+    with torch.no_grad():
+        fast(x)  # packs the weights
+    again = copy.deepcopy(fast)  # the packed oneDNN weights are not copied but rebuilt
+    xg = x.clone().requires_grad_()
+    out = again(xg)  # input gradients: through F.conv2d, not the fused inference kernels
+    assert _rel_err(out.detach(), ref) < RTOL
+    out.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_onednn_missing_leaves_the_model_working(monkeypatch, caplog):
+    monkeypatch.setattr(deploy, "_onednn_ops", lambda: None)
+    assert not deploy.onednn_available("cpu")
+    model = create_model("cifar_resnet8")
+    with caplog.at_level(logging.WARNING, logger="resnet_backbone.deploy"):
+        fast = _check_equal(model, torch.randn(2, 3, 32, 32), expect_folded=_norms(model), onednn=True)
+    assert "not available" in caplog.text
+    assert not any(isinstance(m, OneDNNConv2d) for m in fast.modules())
+
+
+def test_compile_guard_when_torch_compile_raises(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no backend here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = create_model("cifar_resnet8")
+    with caplog.at_level(logging.WARNING, logger="resnet_backbone.deploy"):
+        out = prepare_for_inference(model, compile=True)
+    assert out is model
+    assert "torch.compile failed" in caplog.text and "no backend here" in caplog.text
+
+
+def test_compile_guard_when_the_first_call_fails(monkeypatch, caplog):
+    def fails_when_called(*args, **kwargs):
+        raise RuntimeError("inductor: no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: fails_when_called)
+    model = _randomize_norm_stats(create_model("cifar_resnet8")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    wrapped = prepare_for_inference(copy.deepcopy(model), compile=True)
+    with caplog.at_level(logging.WARNING, logger="resnet_backbone.deploy"), torch.no_grad():
+        out = wrapped(x)
+        again = wrapped(x)
+    assert not wrapped.compiled_ok and "no C++ compiler" in caplog.text
+    assert _rel_err(out, ref) < RTOL and torch.equal(out, again)
+    assert wrapped.num_classes == 10  # attributes of the model stay reachable
+    assert all(k.startswith("eager.") for k in wrapped.state_dict())  # parameters listed once
+
+
+def _run_benchmark(tmp_path, *extra):
+    benchmark = load_tool("benchmark")
+    out = tmp_path / "bench"
+    benchmark.main(["--quick", "--threads", "1", "--output-dir", str(out), *extra])
+    results = json.loads((out / "benchmark.json").read_text())
+    assert (out / "benchmark.txt").read_text().startswith("section")
+    return out, results
+
+
+def test_benchmark_tool_quick_backbone_and_pipeline(tmp_path):
+    out, results = _run_benchmark(tmp_path, "--sections", "backbone", "pipeline")
+    backbone = results["sections"]["backbone_r50"]
+    assert set(backbone["train"]["contenders"]) == {"plugin", "detectron2", "torchvision", "reference-copy"}
+    assert {"plugin-deploy", "detectron2-deploy"} <= set(backbone["inference"]["contenders"])
+    # the plugin loads detectron2's weights: the same function, also after deploy
+    assert backbone["max_rel_diff_vs_detectron2"]["plugin"] == 0.0
+    assert backbone["max_rel_diff_vs_detectron2"]["plugin-deploy"] < RTOL
+    assert results["sections"]["pipeline"]["loader"]["images_per_s"] > 0
+    assert results["environment"]["matmul_peak_gflops"] > 0
+    assert (out / "benchmark_ratios.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_benchmark_tool_quick_all_sections(tmp_path):
+    _, results = _run_benchmark(tmp_path)
+    assert {"backbone_r50", "c4_r101", "vgg16", "pipeline"} <= set(results["sections"])
+    c4 = results["sections"]["c4_r101"]
+    assert set(c4["train"]["contenders"]) == {"plugin", "detectron2", "reference-copy"}
+    assert c4["inference"]["contenders"]["plugin-deploy"]["multiply_adds_per_image"] > 0
