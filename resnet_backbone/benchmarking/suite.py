@@ -50,6 +50,21 @@ def deployed(model: nn.Module, settings: Settings, *, compile: bool = False) -> 
                                  onednn=settings.onednn, compile=compile)
 
 
+def _inference_contenders(models, macs, settings, *, deploy_detectron2):
+    """The eval-mode models plus their deploy-path versions; the deployed ones count the MACs of their source."""
+    for m in models.values():
+        m.eval()
+    infer_models = dict(models)
+    infer_models["plugin-deploy"] = deployed(models["plugin"], settings)
+    if deploy_detectron2:
+        infer_models["detectron2-deploy"] = deployed(models["detectron2"], settings)
+    if settings.compile:
+        infer_models["plugin-deploy-compile"] = deployed(models["plugin"], settings, compile=True)
+    for name in [n for n in infer_models if n not in macs]:
+        macs[name] = macs["plugin" if name.startswith("plugin") else "detectron2"]
+    return infer_models
+
+
 def _max_rel_diff(a, b) -> float:
     if isinstance(a, dict):
         return max(_max_rel_diff(a[k], b[k]) for k in a)
@@ -129,16 +144,8 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
     train = _timed_group({k: _backbone_train_step(m, x) for k, m in train_models.items()}, "detectron2", settings,
                          repeats=settings.repeats, macs=macs, images=batch, passes=TRAIN_PASSES)
 
-    for m in models.values():
-        m.eval()
-    infer_models = dict(models)
-    infer_models["plugin-deploy"] = deployed(models["plugin"], settings)
-    # the same deploy path applied to detectron2's own backbone: what the folding / layout alone is worth
-    infer_models["detectron2-deploy"] = deployed(models["detectron2"], settings)
-    if settings.compile:
-        infer_models["plugin-deploy-compile"] = deployed(models["plugin"], settings, compile=True)
-    for name in [n for n in infer_models if n not in macs]:
-        macs[name] = macs["plugin" if name.startswith("plugin") else "detectron2"]
+    # the same deploy path applied to detectron2's own backbone too: what the folding / layout alone is worth
+    infer_models = _inference_contenders(models, macs, settings, deploy_detectron2=True)
     with torch.no_grad():
         ref = models["detectron2"](x)
         check = {name: _max_rel_diff(infer_models[name](x), ref) for name in infer_models if name != "torchvision"}
@@ -207,16 +214,7 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
                          reference, settings, repeats=settings.repeats, macs=macs, images=images,
                          passes=TRAIN_PASSES)
 
-    for m in models.values():
-        m.eval()
-    infer_models = dict(models)
-    infer_models["plugin-deploy"] = deployed(models["plugin"], settings)
-    if kind == "c4":
-        infer_models["detectron2-deploy"] = deployed(models["detectron2"], settings)
-    if settings.compile:
-        infer_models["plugin-deploy-compile"] = deployed(models["plugin"], settings, compile=True)
-    for name in [n for n in infer_models if n not in macs]:
-        macs[name] = macs["plugin" if name.startswith("plugin") else "detectron2"]
+    infer_models = _inference_contenders(models, macs, settings, deploy_detectron2=kind == "c4")
     with torch.no_grad():
         counts = {name: _detection_counts(m(inputs)) for name, m in infer_models.items()}
     infer = _timed_group({k: _inference_call(m, inputs) for k, m in infer_models.items()}, reference, settings,
