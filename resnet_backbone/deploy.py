@@ -381,6 +381,10 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
         logger.info("deploy: folded %d norm layers into their convolutions", n)
     if onednn == "auto":
         onednn = onednn_available(device)
+    elif onednn and device.type != "cpu":
+        logger.warning("deploy: onednn=True ignored for a model on %s (the fused oneDNN kernels are CPU kernels)",
+                       device)
+        onednn = False
     if onednn:
         counts = fuse_onednn(model)
         logger.info("deploy: %d convolutions on packed oneDNN weights, %d stems / blocks fused", counts["convs"],

@@ -43,7 +43,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _weight_layer_handles():
+def weight_layer_handles():
     """fvcore handles for the weight layers only (a handle returns multiply-adds for one traced op)."""
     from fvcore.nn import jit_handles as h
 
@@ -69,7 +69,7 @@ def count_multiply_adds(model: nn.Module, input_size: int, *, in_channels: int =
     model.eval()
     try:
         counter = FlopCountAnalysis(model, torch.zeros(1, in_channels, input_size, input_size))
-        counter.clear_op_handles().set_op_handle(**_weight_layer_handles())
+        counter.clear_op_handles().set_op_handle(**weight_layer_handles())
         counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         with torch.no_grad():
             return int(counter.total())

@@ -75,8 +75,9 @@ def main(argv=None):
     chosen = [d for d in DETECTORS if d[0] in args.detectors]
     for name, config, family in chosen:
         opts = overrides_to_opts(sections["common"], sections[family]) + extra
-        log(f"{name}: evaluating the untrained model")
-        base = run_train_net(config, out / f"{name}_untrained", opts, eval_only=True)
+        log(f"{name}: evaluating the untrained model (COCO format; the VOC copy holds the same images)")
+        base = run_train_net(config, out / f"{name}_untrained", opts + ["DATASETS.TEST", "('rb_shapes_coco_val',)"],
+                             eval_only=True)
         log(f"{name}: training")
         trained = run_train_net(config, out / name, opts)
         summary[name] = {"untrained_AP50": ap50_by_dataset(base), "trained_AP50": ap50_by_dataset(trained)}

@@ -5,7 +5,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..report import _weight_layer_handles as weight_layer_handles  # one handle set for the project
+from ..report import weight_layer_handles  # one handle set for the project
 
 __all__ = ["multiply_adds", "detector_multiply_adds", "matmul_peak_gflops", "achieved_gflops"]
 
