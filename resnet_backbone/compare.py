@@ -90,7 +90,8 @@ def plot_comparison(runs: List[Run], rows: List[dict], out_png: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, (ax_bar, ax_loss) = plt.subplots(1, 2, figsize=(13, 4.8))
-    series = [c for c in rows[0] if c.startswith(("ours ", "paper "))] if rows else []
+    numeric = lambda c: all(isinstance(r.get(c), (int, float, type(None))) for r in rows)  # noqa: E731
+    series = [c for c in rows[0] if c.startswith(("ours ", "paper ")) and numeric(c)] if rows else []
     width = 0.8 / max(len(series), 1)
     for i, name in enumerate(series):
         vals = [r.get(name) if r.get(name) is not None else 0.0 for r in rows]
