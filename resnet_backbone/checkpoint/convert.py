@@ -244,22 +244,23 @@ _TV_BLOCK_CHILDREN_INV = _inverse(_TV_BLOCK_CHILDREN)
 _TV_VGG_BN = re.compile(r"^features\.\d+\.running_mean$")
 
 
-def _tv_module_to_plugin(module: str) -> Optional[str]:
-    if module in _TV_TOP:
-        return _TV_TOP[module]
-    m = _TV_BLOCK.fullmatch(module)
-    if m and m[3] in _TV_BLOCK_CHILDREN:
-        return f"res{int(m[1]) + _TV_LAYER_TO_RES}.{m[2]}.{_TV_BLOCK_CHILDREN[m[3]]}"
-    return None
+def _module_renamer(table, block_pattern, block_name):
+    """A module-name mapping: names in `table` map directly; names matching `block_pattern` (res/layer blocks) are
+    formatted by `block_name(match)`, which returns None where the block has no counterpart; others map to None."""
+    def rename(module: str) -> Optional[str]:
+        if module in table:
+            return table[module]
+        m = block_pattern.fullmatch(module)
+        return block_name(m) if m else None
+    return rename
 
 
-def _plugin_module_to_tv(module: str) -> Optional[str]:
-    if module in _TV_TOP_INV:
-        return _TV_TOP_INV[module]
-    m = _PLUGIN_BLOCK.fullmatch(module)
-    if m and m[3] in _TV_BLOCK_CHILDREN_INV and int(m[1]) > _TV_LAYER_TO_RES:
-        return f"layer{int(m[1]) - _TV_LAYER_TO_RES}.{m[2]}.{_TV_BLOCK_CHILDREN_INV[m[3]]}"
-    return None
+_tv_module_to_plugin = _module_renamer(
+    _TV_TOP, _TV_BLOCK, lambda m: f"res{int(m[1]) + _TV_LAYER_TO_RES}.{m[2]}.{_TV_BLOCK_CHILDREN[m[3]]}"
+    if m[3] in _TV_BLOCK_CHILDREN else None)
+_plugin_module_to_tv = _module_renamer(
+    _TV_TOP_INV, _PLUGIN_BLOCK, lambda m: f"layer{int(m[1]) - _TV_LAYER_TO_RES}.{m[2]}.{_TV_BLOCK_CHILDREN_INV[m[3]]}"
+    if m[3] in _TV_BLOCK_CHILDREN_INV and int(m[1]) > _TV_LAYER_TO_RES else None)
 
 
 def torchvision_to_plugin(state_dict: Mapping[str, Any], *, target: Target = None
@@ -302,22 +303,11 @@ _MSRA_BRANCHES_INV = _inverse(_MSRA_BRANCHES)
 _PLUGIN_BLOCK_PART = re.compile(r"res(\d+)\.(\d+)\.(conv[123]|shortcut)(\.norm)?")
 
 
-def _msra_module_to_plugin(module: str) -> Optional[str]:
-    if module in _MSRA_TOP:
-        return _MSRA_TOP[module]
-    m = _MSRA_BLOCK.fullmatch(module)
-    if m:
-        return f"res{m[1]}.{m[2]}.{_MSRA_BRANCHES[m[3]]}" + (".norm" if m[4] else "")
-    return None
-
-
-def _plugin_module_to_msra(module: str) -> Optional[str]:
-    if module in _MSRA_TOP_INV:
-        return _MSRA_TOP_INV[module]
-    m = _PLUGIN_BLOCK_PART.fullmatch(module)
-    if m:
-        return f"res{m[1]}_{m[2]}_{_MSRA_BRANCHES_INV[m[3]]}" + ("_bn" if m[4] else "")
-    return None
+_msra_module_to_plugin = _module_renamer(
+    _MSRA_TOP, _MSRA_BLOCK, lambda m: f"res{m[1]}.{m[2]}.{_MSRA_BRANCHES[m[3]]}" + (".norm" if m[4] else ""))
+_plugin_module_to_msra = _module_renamer(
+    _MSRA_TOP_INV, _PLUGIN_BLOCK_PART,
+    lambda m: f"res{m[1]}_{m[2]}_{_MSRA_BRANCHES_INV[m[3]]}" + ("_bn" if m[4] else ""))
 
 
 def _eps_for(eps: Eps, norm_module: str) -> float:

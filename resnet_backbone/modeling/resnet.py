@@ -225,10 +225,3 @@ class ResNet(ClassifierBackbone):
 
     def classify(self, last):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(last, 1), 1))  # global average pool + fc
-
-    @property
-    def size_divisibility(self) -> int:
-        return 0
-
-    def stage_channels(self) -> Dict[str, int]:
-        return dict(self._out_feature_channels)
