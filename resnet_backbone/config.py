@@ -37,6 +37,9 @@ def add_resnet_backbone_config(cfg):
         _c.RB_DEPLOY.CHANNELS_LAST = False
         # CPU: convolutions on pre-packed oneDNN weights, ReLU / shortcut addition fused into them (after FUSE_BN)
         _c.RB_DEPLOY.ONEDNN = False
+        # CPU, with ONEDNN: 3x3 / stride-1 convolutions through Winograd F(4x4 or 2x2, 3x3) where the feature map is
+        # large enough for it to pay (resnet_backbone/deploy/winograd.py; kernels built with the C compiler)
+        _c.RB_DEPLOY.WINOGRAD = False
         # wrap the model in torch.compile (inference; falls back to eager with a log line if compiling fails)
         _c.RB_DEPLOY.COMPILE = False
     if "RB_WEIGHTS" not in _c:

@@ -1,0 +1,117 @@
+"""Inference path: fold BatchNorm into the convolutions, fused oneDNN convolutions, Winograd 3x3 convolutions,
+channels-last, torch.compile.
+
+All of it is for inference only and keeps the outputs of the model (within float rounding: 1e-4 relative is
+what tests/test_deploy.py and tests/test_winograd.py check):
+
+* `fold_batchnorm` (fold.py): every detectron2 `Conv2d` whose norm is a FrozenBatchNorm2d, or a BatchNorm in eval
+  mode with running statistics, gets the norm's affine map folded into its weight and bias (one pass over memory
+  less per convolution). The walk covers the plugin's ResNet / VGG and any detectron2 model around them
+  (detectron2's own ResNet, the C4 head's res5, RPN heads ...).
+* `fuse_onednn` (onednn.py, CPU): norm-free convolutions on weights packed once into oneDNN's layout, and in
+  ResNet blocks (the plugin's and detectron2's) the ReLUs, shortcut addition and final ReLU inside the
+  convolutions as oneDNN post-ops.
+* Winograd (winograd.py, CPU, with fuse_onednn): 3x3 / stride-1 convolutions with F(4x4, 3x3) or F(2x2, 3x3)
+  where the feature map is large enough for it to pay: 4x / 2.25x fewer multiplications than the direct algorithm.
+* `to_channels_last` (layout.py): 4-d weights in NHWC order and a pre-hook converting the inputs of the model and
+  of every detectron2 Backbone in it, so oneDNN (CPU) / cuDNN run NHWC kernels without reorders.
+* `compile_model` (compile.py): `torch.compile`, falling back to eager with a log line when it fails.
+
+`prepare_for_inference(model, ...)` applies them in that order; `apply_deploy_config(cfg, model)` does the same
+from `cfg.MODEL.RB_DEPLOY.*` and is meant to be called after the weights are loaded (eval-only / inference).
+
+The state dict of a folded model differs (`*.norm.*` gone, `bias` added): save or load weights before folding.
+"""
+import logging
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from . import winograd
+from .compile import compile_model
+from .fold import fold_batchnorm
+from .layout import channels_last_helps, to_channels_last
+from .onednn import OneDNNConv2d, fuse_onednn, onednn_available
+
+__all__ = ["fold_batchnorm", "fuse_onednn", "onednn_available", "OneDNNConv2d", "to_channels_last",
+           "channels_last_helps", "compile_model", "prepare_for_inference", "apply_deploy_config", "winograd"]
+
+logger = logging.getLogger(__name__)
+
+_AUTO_CHOICES = (True, False, "auto")
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _check_choice(name, value, choices):
+    if not isinstance(value, (bool, str)) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_last: Union[bool, str] = "auto",
+                          onednn: Union[bool, str] = "auto", winograd: Union[bool, str] = "auto",
+                          compile: bool = False, compile_kwargs: Optional[dict] = None) -> nn.Module:
+    """Put `model` in eval mode, without gradients, and apply the deploy path: BN folding, oneDNN fusion (with
+    Winograd 3x3 convolutions), channels-last, torch.compile.
+
+    channels_last: True, False or "auto" (`channels_last_helps` for the model's device).
+    onednn: True, False or "auto" (`onednn_available` for the model's device); True where it is unavailable logs
+        a warning and leaves the convolutions as they are.
+    winograd: True, False or "auto" (on where onednn is on and the kernels build); it applies to the oneDNN
+        convolutions, so it does nothing with onednn off.
+    Modifies the model in place (except compile, which wraps it); use the returned module.
+    """
+    _check_choice("channels_last", channels_last, _AUTO_CHOICES)
+    _check_choice("onednn", onednn, _AUTO_CHOICES)
+    _check_choice("winograd", winograd, _AUTO_CHOICES)
+    for name, value in (("fuse_bn", fuse_bn), ("compile", compile)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    model.eval()
+    model.requires_grad_(False)  # inference: no autograd state, and the fused oneDNN kernels apply in any context
+    device = _device_of(model)
+    if fuse_bn:
+        n = fold_batchnorm(model)
+        logger.info("deploy: folded %d norm layers into their convolutions", n)
+    if onednn == "auto":
+        onednn = onednn_available(device)
+    elif onednn and device.type != "cpu":
+        logger.warning("deploy: onednn=True ignored for a model on %s (the fused oneDNN kernels are CPU kernels)",
+                       device)
+        onednn = False
+    if onednn:
+        counts = fuse_onednn(model, winograd=bool(winograd))
+        logger.info("deploy: %d convolutions on packed oneDNN weights (%d may run Winograd), %d stems / blocks "
+                    "fused", counts["convs"], counts["winograd"], counts["blocks"])
+    elif winograd is True:
+        logger.warning("deploy: winograd=True needs the oneDNN path (onednn), which is off here; ignored")
+    if channels_last == "auto":
+        channels_last = channels_last_helps(device)
+    if channels_last:
+        to_channels_last(model)
+    if compile:
+        model = compile_model(model, **(compile_kwargs or {}))
+    return model
+
+
+def apply_deploy_config(cfg, model: nn.Module) -> nn.Module:
+    """`prepare_for_inference` with cfg.MODEL.RB_DEPLOY.{FUSE_BN, ONEDNN, WINOGRAD, CHANNELS_LAST, COMPILE}; call it
+    after the weights are loaded, for evaluation / inference only (e.g. in train_net's eval-only branch, after
+    DetectionCheckpointer(...).resume_or_load). With all keys off the model is returned untouched (not even put in
+    eval mode). Use the returned module: torch.compile wraps the model."""
+    d = cfg.MODEL.RB_DEPLOY
+    options = {"fuse_bn": d.FUSE_BN, "onednn": d.get("ONEDNN", False), "winograd": d.get("WINOGRAD", False),
+               "channels_last": d.CHANNELS_LAST, "compile": d.get("COMPILE", False)}
+    for key, value in options.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"MODEL.RB_DEPLOY.{key.upper()} must be True or False, got {value!r}")
+    if not any(options.values()):
+        return model
+    return prepare_for_inference(model, **options)

@@ -1,0 +1,252 @@
+"""Winograd F(m x m, 3 x 3) convolutions for CPU inference (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", CVPR 2016).
+
+A 3x3 / stride-1 convolution computed tile by tile as y = A^T [(G g G^T) .* (B^T d B)] A needs (m + 2)^2 instead of
+9 m^2 multiplications per m x m output tile and input / output channel pair: 2.25x fewer for F(2x2, 3x3), 4x fewer
+for F(4x4, 3x3). On a CPU where oneDNN's direct convolution already runs at the machine's fp32 peak (see
+tools/benchmark.py), this is the remaining way to make the 3x3 convolutions of a ResNet faster.
+
+* The filter transform G g G^T is computed once per weight, in float64, and cached (`transform_weight`).
+* The input transform (x -> V) and the output transform with the convolution's epilogue (bias, shortcut addition,
+  ReLU) are C loops over NHWC tiles (csrc/winograd.c, built once with the system C compiler into a cache folder and
+  loaded with ctypes); the (m + 2)^2 independent products V_p @ U_p run as one torch.bmm (MKL).
+* Which variant, if any, a call uses depends on its shape (`choose_variant`): Winograd pays when the batched GEMM
+  has enough rows (tiles); small feature maps (e.g. ResNet's res5 at 224 px) stay on oneDNN's direct convolution.
+
+Numerics: F(2x2) is as accurate as direct convolution; F(4x4) (points 0, +-1, +-2) has a relative error of about
+1e-5 per layer in float32, well inside the deploy path's 1e-4 (tests/test_winograd.py checks both against float64).
+"""
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+__all__ = ["VARIANTS", "MIN_TILES", "MIN_CHANNELS", "kernels", "available", "unavailable_reason", "build",
+           "transform_weight", "choose_variant", "conv3x3", "workspace_bytes"]
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "winograd.c"
+VARIANTS = (4, 2)  # output tile sides m, preferred first
+# a variant is used when its batched GEMM has at least MIN_TILES[m] rows (tiles) and both channel counts are
+# >= MIN_CHANNELS: below that MKL's small GEMMs lose to oneDNN's direct convolution. Measured per layer on a 2-core
+# AVX-512 CPU (one thread): F(4x4) beats direct from ~25 tiles (256 channels at 20x20, batch 1: 1.8x; 14x14,
+# batch 2: 1.5x; 50x50: 2.2x), F(2x2) only from ~64; ResNet's res5 at 224 px, batch 2 (8 F(4x4) tiles) stays
+# direct; 16-channel CIFAR layers too.
+MIN_TILES = {4: 24, 2: 64}
+MIN_CHANNELS = 32
+
+# filter transforms G (a x 3), a = m + 2; the input / output transforms B^T, A^T are in csrc/winograd.c
+_G = {
+    2: [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+    4: [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+}
+_FLAGS = ("-O3", "-fPIC", "-shared")
+# tried in order: the instructions of this CPU and OpenMP; OpenMP only; its simd pragmas only; neither
+_OPTIONAL_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-fopenmp-simd",), ())
+
+
+def _compiler() -> str:
+    return os.environ.get("RB_CC") or os.environ.get("CC") or "cc"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("RB_CACHE_DIR") or Path.home() / ".cache" / "resnet_backbone")
+
+
+def _cpu_identity() -> str:
+    """Model and instruction-set flags of this CPU: the library is built with -march=native, so a cache folder
+    shared by different machines (a network home) holds one build per kind of CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _library_path(compiler: str) -> Path:
+    what = repr((compiler, _FLAGS, _OPTIONAL_FLAGS, platform.machine(), _cpu_identity()))
+    key = hashlib.sha256(SOURCE.read_bytes() + what.encode()).hexdigest()
+    suffix = ".dylib" if platform.system() == "Darwin" else ".so"
+    return _cache_dir() / f"winograd-{key[:16]}{suffix}"
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile csrc/winograd.c into the cache folder (RB_CACHE_DIR, default ~/.cache/resnet_backbone) unless the
+    library for this source and compiler is there already; returns its path. Raises RuntimeError naming the
+    compiler (RB_CC / CC / cc) and its message when it fails. Written to a temporary name and renamed, so
+    processes building at the same time never load a half-written file."""
+    compiler = _compiler()
+    target = _library_path(compiler)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
+    os.close(fd)
+    errors = []
+    try:
+        # OpenMP: parallel over tiles, sharing the libgomp torch loaded (same soname)
+        for extra in _OPTIONAL_FLAGS:
+            cmd = [compiler, *_FLAGS, *extra, "-o", tmp, str(SOURCE)]
+            try:
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                errors.append(f"{' '.join(cmd)}: {e}")
+                break
+            if res.returncode == 0:
+                os.replace(tmp, target)
+                if verbose:
+                    logger.info("built the Winograd kernels: %s", target)
+                return target
+            errors.append(f"{' '.join(cmd)}: {res.stderr.strip()[-400:]}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    raise RuntimeError(f"could not build the Winograd kernels with the C compiler {compiler!r} (set RB_CC or CC to "
+                       "another one): " + " | ".join(errors))
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    """(library, None) or (None, why not)."""
+    if not SOURCE.is_file():
+        return None, f"kernel source {SOURCE} is missing"
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as e:
+        return None, str(e)
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.rb_winograd_input.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64, c_int, i64, i64, c_int]
+    lib.rb_winograd_output.argtypes = [ptr, ptr, ptr, ptr, c_int, i64, i64, i64, i64, c_int, i64, i64, c_int]
+    lib.rb_winograd_input.restype = lib.rb_winograd_output.restype = c_int
+    return lib, None
+
+
+def kernels():
+    """The loaded kernel library, or None (the reason is logged once; `unavailable_reason` returns it)."""
+    lib, why = _load()
+    if lib is None and not getattr(_load, "_warned", False):
+        _load._warned = True
+        logger.warning("Winograd kernels unavailable (%s); 3x3 convolutions stay on oneDNN's direct algorithm", why)
+    return lib
+
+
+def available() -> bool:
+    return kernels() is not None
+
+
+def unavailable_reason() -> Optional[str]:
+    return _load()[1]
+
+
+def _check_variant(m):
+    if m not in VARIANTS:
+        raise ValueError(f"Winograd output tile m must be one of {VARIANTS}, got {m!r}")
+
+
+def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """G g G^T of a [K, C, 3, 3] weight, as [(m + 2)^2, C, K] float32 (computed in float64, rounded once)."""
+    _check_variant(m)
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"Winograd F(m, 3) needs a [K, C, 3, 3] weight, got shape {tuple(weight.shape)}")
+    g = torch.tensor(_G[m], dtype=torch.float64, device=weight.device)
+    u = torch.einsum("ij,kcjl,ml->imck", g, weight.detach().to(torch.float64), g)
+    a = m + 2
+    return u.reshape(a * a, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
+
+
+def _tiles(n, ho, wo, m):
+    return n * -(-ho // m) * -(-wo // m)
+
+
+def choose_variant(n: int, h: int, w: int, c: int, k: int, padding: Sequence[int] = (1, 1)) -> Optional[int]:
+    """The Winograd tile m for a 3x3 / stride-1 convolution of an [n, c, h, w] input into k channels, or None for
+    oneDNN's direct convolution: the first m in VARIANTS whose GEMM has >= MIN_TILES[m] rows, if c, k >=
+    MIN_CHANNELS."""
+    ho, wo = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
+    if ho < 1 or wo < 1 or min(c, k) < MIN_CHANNELS:
+        return None
+    for m in VARIANTS:
+        if _tiles(n, ho, wo, m) >= MIN_TILES[m]:
+            return m
+    return None
+
+
+_workspace = threading.local()
+
+
+def _buffer(slot: str, numel: int) -> torch.Tensor:
+    """A flat float32 scratch buffer per thread, grown to the largest request: the transformed input and the GEMM
+    output are rebuilt on every call, so they are not allocated (and page-faulted) every time."""
+    buf = getattr(_workspace, slot, None)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=torch.float32)
+        setattr(_workspace, slot, buf)
+    return buf[:numel]
+
+
+def workspace_bytes() -> int:
+    """Bytes held by this thread's Winograd scratch buffers."""
+    return sum(4 * getattr(_workspace, s).numel() for s in ("input", "gemm") if getattr(_workspace, s, None) is not None)
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], m: int, padding: Sequence[int] = (1, 1),
+            *, relu: bool = False, add: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """relu?(conv3x3(x) + bias [+ add]) with stride 1, computed with Winograd F(m x m, 3 x 3).
+
+    x: [N, C, H, W] float32 on the CPU (any strides; NHWC is used as it is, others are copied to it); u:
+    `transform_weight(weight, m)`; bias: [K] or None; add: a tensor of the output's shape or None. Returns an
+    [N, K, Ho, Wo] tensor in channels-last memory format (Ho = H + 2 * padding - 2).
+    """
+    lib = kernels()
+    if lib is None:
+        raise RuntimeError(f"Winograd kernels unavailable: {unavailable_reason()}")
+    _check_variant(m)
+    a = m + 2
+    if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"Winograd conv3x3 takes a 4-d float32 CPU tensor, got {x.dim()}-d {x.dtype} on {x.device}")
+    n, c, h, w = x.shape
+    if u.shape[0] != a * a or u.shape[1] != c:
+        raise ValueError(f"transformed weight of shape {tuple(u.shape)} does not fit F({m}, 3) with {c} input "
+                         f"channels (expected [{a * a}, {c}, K])")
+    k = u.shape[2]
+    ph, pw = int(padding[0]), int(padding[1])
+    ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input {h}x{w} with padding {ph},{pw} leaves no output for a 3x3 convolution")
+    th, tw = -(-ho // m), -(-wo // m)
+    tiles = n * th * tw
+    x = x.contiguous(memory_format=torch.channels_last)
+    if bias is not None:
+        bias = bias.detach().to(torch.float32).contiguous()
+    y = torch.empty((n, k, ho, wo), dtype=torch.float32, memory_format=torch.channels_last)
+    if add is not None:
+        if tuple(add.shape) != tuple(y.shape):
+            raise ValueError(f"the added tensor has shape {tuple(add.shape)}, the convolution's output "
+                             f"{tuple(y.shape)}")
+        add = add.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    v = _buffer("input", a * a * tiles * c).view(tiles, a * a, c)  # tile-major: written tile by tile
+    if lib.rb_winograd_input(_ptr(x), _ptr(v), n, h, w, c, ph, pw, m, th, tw, threads) != 0:
+        raise RuntimeError(f"Winograd input transform failed (m={m})")
+    prod = _buffer("gemm", a * a * tiles * k).view(a * a, tiles, k)
+    torch.bmm(v.transpose(0, 1), u, out=prod)  # a strided batch: MKL reads it in place (row stride a*a*c)
+    if lib.rb_winograd_output(_ptr(prod), _ptr(y), _ptr(bias), _ptr(add), int(relu), n, ho, wo, k, m, th, tw,
+                              threads) != 0:
+        raise RuntimeError(f"Winograd output transform failed (m={m})")
+    return y
