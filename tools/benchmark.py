@@ -10,7 +10,8 @@ Sections (all on the same inputs within a section; contenders alternate round by
   backbone   training step (forward + backward) and inference of the plugin ResNet-{50,101}, detectron2's built-in
              build_resnet_backbone (same depth / norm / freeze_at / weights) and torchvision's resnet trunk;
              inference also through the deploy path (resnet_backbone.deploy: BN folded, fused oneDNN convolutions
-             on CPU, channels-last), for the plugin and, for comparison, for detectron2's own backbone.
+             and Winograd F(4x4 / 2x2, 3x3) 3x3 convolutions on CPU, channels-last), for the plugin and, for
+             comparison, for detectron2's own backbone; "plugin-deploy-direct" is the deploy path without Winograd.
              Training groups also time "reference-copy", a deep copy of the reference: the spread between two
              copies of one model is the noise floor of every ratio.
   c4         Faster R-CNN C4 R-101: the plugin's configs/coco/frcnn_r101.yaml vs detectron2's built-in R-101-C4
@@ -63,6 +64,8 @@ def build_parser():
                    help="also time the deploy path with torch.compile (skipped with a log line if it fails)")
     p.add_argument("--no-channels-last", action="store_true", help="deploy path without channels-last")
     p.add_argument("--no-onednn", action="store_true", help="deploy path without the fused oneDNN convolutions")
+    p.add_argument("--no-winograd", action="store_true",
+                   help="deploy path without Winograd 3x3 convolutions (and no plugin-deploy-direct contender)")
     p.add_argument("--no-noise-floor", action="store_true",
                    help="do not also time a copy of the reference model in the training groups")
     p.add_argument("--memory-rounds", type=int, default=3, help="peak-memory measurements per contender (median)")
@@ -117,7 +120,8 @@ def _measure(args, device, torch, log) -> dict:
     torch.manual_seed(0)
     settings = Settings(device=device, repeats=args.repeats, warmup=args.warmup, compile=args.compile,
                         channels_last=False if args.no_channels_last else "auto",
-                        onednn=False if args.no_onednn else "auto", memory_rounds=args.memory_rounds,
+                        onednn=False if args.no_onednn else "auto",
+                        winograd=False if args.no_winograd else "auto", memory_rounds=args.memory_rounds,
                         noise_floor=not args.no_noise_floor)
     results = {"environment": _environment(args, device, torch), "arguments": vars(args), "sections": {}}
     log.info("device %s, %d thread(s), matmul peak %.1f GFLOP/s", device, results["environment"]["threads"],

@@ -7,6 +7,9 @@ Steps (each logged; a failure names the step and what to do):
                             official v0.6 source release from PyPI, `pb1-detectron2==0.6`, built with an
                             empty `detectron2._C` and the version pins v0.6 needs)
   3. the project itself    (`pip install -e .[test]`, editable, pointing at this checkout)
+  4. Winograd kernels      (the deploy path's C transforms, built with the system C compiler into
+                            ~/.cache/resnet_backbone; without a compiler the deploy path keeps oneDNN's direct
+                            3x3 convolutions, so this step only reports it)
 """
 import argparse
 import hashlib
@@ -193,7 +196,22 @@ def step_project(workdir):
         raise StepError(f"resnet_backbone is not installed editable from {REPO} after `pip install -e`")
 
 
-STEPS = [("torch", step_torch), ("detectron2", step_detectron2), ("project", step_project)]
+def step_kernels(workdir):
+    # a fresh interpreter: the project was just installed, and its build needs torch and detectron2 importable
+    code = ("import logging, sys; from resnet_backbone.deploy import winograd as w\n"
+            "try:\n    print(w.build())\nexcept RuntimeError as e:\n    print(e); sys.exit(3)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
+    if res.returncode == 0:
+        log(f"Winograd kernels: {res.stdout.strip().splitlines()[-1]}")
+    elif res.returncode == 3:
+        log(f"Winograd kernels not built ({res.stdout.strip()}); the deploy path will use oneDNN's direct 3x3 "
+            "convolutions. Install a C compiler (gcc or clang) or set RB_CC to use them.")
+    else:
+        raise StepError(f"checking the Winograd kernels failed: {res.stderr.strip()[-800:]}")
+
+
+STEPS = [("torch", step_torch), ("detectron2", step_detectron2), ("project", step_project),
+         ("kernels", step_kernels)]
 
 
 def main(argv=None):

@@ -58,6 +58,16 @@ def format_table(results: dict) -> str:
     if env.get("matmul_peak_gflops"):
         lines.append(f"matmul peak (torch.mm float32 {env.get('matmul_size')}^3): {env['matmul_peak_gflops']:.1f} "
                      f"GFLOP/s on {env.get('device')} with {env.get('threads')} thread(s)")
+    for section, value in results.get("sections", {}).items():
+        state = value.get("deploy_state") if isinstance(value, dict) else None
+        if state and state["winograd_layers"]:
+            params = state["parameter_bytes"]
+            lines.append(f"deploy state {section}: {state['winograd_layers']} of {state['winograd_eligible_layers']} "
+                         f"eligible 3x3 layers ran Winograd; their transformed weights "
+                         f"{state['transformed_weight_bytes'] / 2**20:.0f} MiB (+"
+                         f"{state['transformed_weight_bytes'] / params:.0%} of the {params / 2**20:.0f} MiB of "
+                         f"parameters), scratch {state['workspace_bytes'] / 2**20:.0f} MiB; both persist between "
+                         f"calls, so the per-call peak memory above leaves them out")
     pipe = results.get("sections", {}).get("pipeline")
     if pipe:
         lp = pipe["loader"]

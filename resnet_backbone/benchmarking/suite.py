@@ -14,7 +14,8 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from ..deploy import prepare_for_inference
+from ..deploy import OneDNNConv2d, prepare_for_inference
+from ..deploy import winograd as _winograd
 from ..modeling.factory import create_model
 from .contenders import (backbone_contenders, build_detector, builtin_c4_cfg, detector_inputs, plugin_detector_cfg)
 from .flops import achieved_gflops, detector_multiply_adds, multiply_adds
@@ -37,25 +38,48 @@ class Settings:
     compile: bool = False
     channels_last: object = "auto"
     onednn: object = "auto"
+    winograd: object = "auto"
     memory_rounds: int = 3
     # time a deep copy of the reference too: two copies of one model differ only by noise (memory placement, load),
     # which bounds what a ratio between two contenders can resolve
     noise_floor: bool = True
 
 
-def deployed(model: nn.Module, settings: Settings, *, compile: bool = False) -> nn.Module:
-    """A deep copy of `model` through the deploy path (BN folding, oneDNN fusion, channels-last, optionally
-    torch.compile)."""
+def deployed(model: nn.Module, settings: Settings, *, compile: bool = False, winograd=None) -> nn.Module:
+    """A deep copy of `model` through the deploy path (BN folding, oneDNN fusion with Winograd 3x3 convolutions,
+    channels-last, optionally torch.compile)."""
     return prepare_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=settings.channels_last,
-                                 onednn=settings.onednn, compile=compile)
+                                 onednn=settings.onednn, compile=compile,
+                                 winograd=settings.winograd if winograd is None else winograd)
+
+
+def _winograd_runs(settings: Settings) -> bool:
+    return (settings.winograd is not False and settings.onednn is not False and settings.device.type == "cpu"
+            and _winograd.available())
+
+
+def deploy_state(model: nn.Module) -> dict:
+    """What a deployed model holds beyond its parameters for Winograd, after it has run: transformed weights of the
+    layers that took the path ((m + 2)^2 / 9 times their 3x3 weights) and this thread's scratch buffers. Peak
+    memory of a call does not show them (they persist between calls), so they are reported apart."""
+    convs = [m for m in model.modules() if isinstance(m, OneDNNConv2d)]
+    used = [m for m in convs if m.cached_weight_bytes() > 0]
+    return {"winograd_layers": len(used), "winograd_eligible_layers": sum(bool(m.winograd) for m in convs),
+            "transformed_weight_bytes": sum(m.cached_weight_bytes() for m in used),
+            "weight_bytes_of_those_layers": sum(m.weight.numel() * m.weight.element_size() for m in used),
+            "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "workspace_bytes": _winograd.workspace_bytes()}
 
 
 def _inference_contenders(models, macs, settings, *, deploy_detectron2):
-    """The eval-mode models plus their deploy-path versions; the deployed ones count the MACs of their source."""
+    """The eval-mode models plus their deploy-path versions; the deployed ones count the MACs of their source.
+    "plugin-deploy-direct" (the deploy path without Winograd) shows what the Winograd layers add."""
     for m in models.values():
         m.eval()
     infer_models = dict(models)
     infer_models["plugin-deploy"] = deployed(models["plugin"], settings)
+    if _winograd_runs(settings):
+        infer_models["plugin-deploy-direct"] = deployed(models["plugin"], settings, winograd=False)
     if deploy_detectron2:
         infer_models["detectron2-deploy"] = deployed(models["detectron2"], settings)
     if settings.compile:
@@ -152,7 +176,8 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
     infer = _timed_group({k: _inference_call(m, x) for k, m in infer_models.items()}, "detectron2", settings,
                          repeats=settings.repeats, macs=macs, images=batch, passes=1.0)
     return {"depth": depth, "norm": norm, "freeze_at": freeze_at, "batch": batch, "size": size,
-            "max_rel_diff_vs_detectron2": check, "train": train, "inference": infer}
+            "max_rel_diff_vs_detectron2": check, "train": train, "inference": infer,
+            "deploy_state": deploy_state(infer_models["plugin-deploy"])}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,8 +245,8 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
     infer = _timed_group({k: _inference_call(m, inputs) for k, m in infer_models.items()}, reference, settings,
                          repeats=settings.repeats, macs=macs, images=images, passes=1.0)
     return {"kind": kind, "config": config_file, "images": images, "height": height, "width": width,
-            "detections_per_image": counts,
-            "train": train, "inference": infer}
+            "detections_per_image": counts, "train": train, "inference": infer,
+            "deploy_state": deploy_state(infer_models["plugin-deploy"])}
 
 
 # ---------------------------------------------------------------------------------------------------------------

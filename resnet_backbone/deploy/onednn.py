@@ -6,7 +6,6 @@ and the final ReLU run inside the convolutions as oneDNN post-ops: the ops torch
 (torch.ops.mkldnn._convolution_pointwise), used here without compiling. With `winograd=True`, 3x3 / stride-1
 convolutions whose shape makes it pay run the Winograd algorithm instead (`.winograd`), same epilogue fused.
 """
-import functools
 import logging
 from typing import Optional, Union
 
@@ -19,22 +18,14 @@ from torch import nn
 from ..modeling.blocks import BasicBlock, BottleneckBlock
 from ..modeling.resnet import BasicStem, CifarStem
 from . import winograd as _winograd
+from ._ops import onednn_ops
 
 __all__ = ["fuse_onednn", "onednn_available", "OneDNNConv2d"]
 
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=None)
-def _onednn_ops():
-    """(conv, conv + binary, weight packing) from torch.ops.mkldnn, or None where this torch build lacks them."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        ops = torch.ops.mkldnn
-        return ops._convolution_pointwise.default, ops._convolution_pointwise.binary, ops._reorder_convolution_weight
-    except (AttributeError, RuntimeError):
-        return None
+_onednn_ops = onednn_ops  # a module attribute, so tests can take oneDNN away
 
 
 def onednn_available(device: Union[str, torch.device] = "cpu") -> bool:
@@ -91,8 +82,8 @@ class OneDNNConv2d(Conv2d):
             if relu:
                 y = F.relu_(y)
         elif (m := self._winograd_variant(x)) is not None:
-            u = self._cached(("winograd", m), lambda w: _winograd.transform_weight(w, m))
-            y = _winograd.conv3x3(x, u, self.bias, m, self.padding, relu=relu, add=add)
+            u = self._cached(("winograd", m), lambda w: _winograd.prepare_weight(w, m))
+            y = _winograd.conv3x3(x, u, self.bias, self.padding, relu=relu, add=add)
         else:
             packed = self._cached("onednn", self._pack)
             geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
@@ -108,7 +99,7 @@ class OneDNNConv2d(Conv2d):
     def cached_weight_bytes(self) -> int:
         """Bytes of the Winograd-transformed weights cached (the packed oneDNN weight is opaque and not counted)."""
         cache = self.__dict__.get(_CACHE)
-        return sum(v.numel() * v.element_size() for k, v in cache[1].items() if k != "onednn") if cache else 0
+        return sum(v.nbytes for k, v in cache[1].items() if k != "onednn") if cache else 0
 
     def __getstate__(self):  # packed / transformed weights are derived (the packed one opaque): rebuilt lazily
         state = self.__dict__.copy()

@@ -1,20 +1,19 @@
 /* Winograd minimal filtering F(m x m, 3 x 3) for 3x3 / stride-1 convolutions (Lavin & Gray, "Fast Algorithms for
  * Convolutional Neural Networks", CVPR 2016): the input and output transforms, in NHWC (channels-last) layout.
  *
- * The convolution is y = A^T [ (G g G^T) .* (B^T d B) ] A per a x a input tile d (a = m + 2) and m x m output tile;
- * summed over input channels, the elementwise product becomes a*a independent matrix products
- * [tiles x C] @ [C x K], which the caller runs as one batched GEMM (torch.bmm). This file does the two
- * memory-bound halves around it:
- *   rb_winograd_input:  x [N, H, W, C]  ->  V [T, a*a, C]     (T = N * th * tw tiles, tile (n, ty, tx) at
- *                                                              t = (n * th + ty) * tw + tx; tile-major, so each
- *                                                              tile is written in one piece; the GEMM reads it
- *                                                              as [a*a, T, C] with row stride a*a*C)
- *   rb_winograd_output: M [a*a, T, K]   ->  y [N, Ho, Wo, K]  (+ bias, + residual, ReLU: the epilogue of the
- *                                                              convolution, fused)
- * Channels are processed in blocks of CB, innermost and contiguous: the per-channel tile transforms vectorise
- * over channels (omp simd). Plain C with a C ABI
- * (loaded with ctypes); OpenMP over tiles. Built for the machine it runs on (-march=native, the
- * cache keyed by the CPU) by resnet_backbone/deploy/winograd.py.
+ * The convolution is y = A^T [ (G g G^T) .* (B^T d B) ] A per a x a input tile d (a = m + 2) and m x m output
+ * tile; summed over input channels, the elementwise product becomes a*a independent matrix products
+ * [tiles x C] @ [C x K], which the caller runs as one oneDNN grouped 1x1 convolution (or torch.bmm). This file
+ * does the two memory-bound halves around it:
+ *   rb_winograd_input:  x [N, H, W, C] -> V [T, a*a, C]   T = N * th * tw tiles, tile (n, ty, tx) at
+ *                                                          t = (n * th + ty) * tw + tx; tile-major, so each tile is
+ *                                                          written in one piece (and is one "pixel" of the grouped
+ *                                                          convolution's NHWC input)
+ *   rb_winograd_output: M (t, p, k) at M[t * ts + p * ps + k] -> y [N, Ho, Wo, K], with the convolution's
+ *                                                          epilogue fused: + bias, + residual, ReLU
+ * Channels are processed in blocks of CB, innermost and contiguous: the per-channel tile transforms vectorise over
+ * channels (omp simd). Plain C with a C ABI, loaded with ctypes; OpenMP over tiles. Built for the machine it runs
+ * on (-march=native; the cache is keyed by the CPU) by resnet_backbone/deploy/winograd.py.
  */
 #include <stdint.h>
 #include <string.h>
@@ -126,8 +125,9 @@ int rb_winograd_input(const float *x, float *V, int64_t N, int64_t H, int64_t W,
     return 0;
 }
 
-int rb_winograd_output(const float *M, float *y, const float *bias, const float *residual, int relu, int64_t N,
-                       int64_t Ho, int64_t Wo, int64_t K, int m, int64_t th, int64_t tw, int nthreads) {
+int rb_winograd_output(const float *M, int64_t ts, int64_t ps, float *y, const float *bias, const float *residual,
+                       int relu, int64_t N, int64_t Ho, int64_t Wo, int64_t K, int m, int64_t th, int64_t tw,
+                       int nthreads) {
     if (m != 2 && m != 4) return -1;
     const int a = m + 2;
     const transform_fn at = m == 2 ? at2 : at4;
@@ -140,9 +140,9 @@ int rb_winograd_output(const float *M, float *y, const float *bias, const float 
         for (int64_t k0 = 0; k0 < K; k0 += CB) {
             const int kb = (int)(K - k0 < CB ? K - k0 : CB);
             const int64_t off = ((n * Ho + ty * m) * Wo + tx * m) * K + k0;
-            const float *mp = M + t * K + k0, *b = bias ? bias + k0 : 0, *r = residual ? residual + off : 0;
+            const float *mp = M + t * ts + k0, *b = bias ? bias + k0 : 0, *r = residual ? residual + off : 0;
             /* A^T M: column j of the a x a products to column j of tmp ([m][a][CB]) */
-            for (int j = 0; j < a; j++) at(mp + (int64_t)j * T * K, (int64_t)a * T * K, tmp + j * CB, (int64_t)a * CB, kb);
+            for (int j = 0; j < a; j++) at(mp + j * ps, a * ps, tmp + j * CB, (int64_t)a * CB, kb);
             for (int i = 0; i < mi; i++) { /* (A^T M) A, row by row, then the epilogue into y */
                 at(tmp + i * a * CB, CB, o, CB, kb);
                 for (int j = 0; j < mj; j++) {
