@@ -20,6 +20,7 @@ from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead
 from resnet_backbone.d2.weights import detector_layout, map_classifier_to_detector
 from resnet_backbone.modeling import ResNet
 from resnet_backbone.modeling.blocks import BasicBlock, BottleneckBlock
+from resnet_backbone.modeling.norms import FrozenBatchNorm2d as PluginFrozenBN
 
 RGB = ShapeSpec(channels=3)
 ALL_STAGES = ["stem", "res2", "res3", "res4", "res5"]
@@ -170,13 +171,33 @@ def test_freezing_exactly_the_frozen_stages(freeze_at):
         assert torch.equal(before, backbone.stem.conv1.norm.running_mean)
 
 
-@pytest.mark.parametrize("norm,cls", [("FrozenBN", FrozenBatchNorm2d), ("BN", nn.BatchNorm2d),
+@pytest.mark.parametrize("norm,cls", [("FrozenBN", PluginFrozenBN), ("BN", nn.BatchNorm2d),
                                       ("SyncBN", nn.SyncBatchNorm), ("GN", nn.GroupNorm)])
 def test_norm_choice(norm, cls):
     cfg = make_cfg(depth=18, res2_out_channels=64, norm=norm, freeze_at=0, out_features=ALL_STAGES)
     backbone = build_rb_resnet_backbone(cfg, RGB)
     norms = [m for n, m in backbone.named_modules() if n.endswith("norm")]
     assert len(norms) == 1 + 8 * 2 + 3 and all(type(m) is cls for m in norms)  # stem, 2 per block, 3 shortcuts
+    if norm == "FrozenBN":  # the plugin's FrozenBN is detectron2's with a one-op training forward
+        assert all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+
+
+def test_plugin_frozen_bn_computes_detectron2s_function_with_and_without_gradients():
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = PluginFrozenBN(8), FrozenBatchNorm2d(8)
+    for buf in ("weight", "bias", "running_mean", "running_var"):
+        value = torch.rand(8, generator=g) + 0.5
+        getattr(ours, buf).copy_(value)
+        getattr(theirs, buf).copy_(value)
+    x = torch.randn(2, 8, 5, 5, generator=g)
+    assert torch.equal(ours(x), theirs(x))  # no gradients: both detectron2's F.batch_norm
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-6, atol=1e-6)  # one fused multiply-add vs two roundings
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
 
 
 def test_detection_default_is_frozen_bn_and_freeze_at_2():

@@ -7,10 +7,11 @@ argument: "A" (identity, zero-padded channels, parameter-free), "B" (projection 
 from typing import Optional
 
 import torch.nn.functional as F
-from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+from detectron2.layers import CNNBlockBase, Conv2d
 from torch import nn
 
 from .options import SHORTCUT_OPTIONS, check_choice
+from .norms import get_norm
 from .init import init_conv
 
 __all__ = ["BasicBlock", "BottleneckBlock", "DropPath", "PadShortcut", "make_shortcut"]

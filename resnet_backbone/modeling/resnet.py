@@ -9,12 +9,13 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+from detectron2.layers import CNNBlockBase, Conv2d
 from torch import nn
 
 from .base import ClassifierBackbone
 from .blocks import BLOCK_TYPES
 from .init import init_conv, init_linear
+from .norms import get_norm
 from .options import NORM_OPTIONS, SHORTCUT_OPTIONS, check_choice, check_int, check_rate
 
 __all__ = ["IMAGENET_DEPTHS", "ResNet", "cifar_depth_to_n", "resnet_stage_specs", "make_stage"]
