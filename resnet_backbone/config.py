@@ -21,6 +21,9 @@ def add_resnet_backbone_config(cfg):
         _c.RB_RESNET.DROP_PATH_RATE = 0.0
         # zero-init the last norm of each residual branch (Goyal et al. 2017); only for trainable norms
         _c.RB_RESNET.ZERO_INIT_LAST = False
+        # backbone in channels-last memory format (same function, features returned contiguous): True, False or
+        # "auto" (on for MODEL.DEVICE cpu, where oneDNN trains it faster)
+        _c.RB_RESNET.CHANNELS_LAST = "auto"
     if "VGG" not in _c:
         _c.VGG = CN()
         # VGG-16 features returned by the backbone (conv5_3 = stride 16, pool5 dropped as in Faster R-CNN)

@@ -328,3 +328,42 @@ def test_detector_layout_from_cfg():
         detector_layout(cfg)
     with pytest.raises(ValueError, match="layout"):
         map_classifier_to_detector({}, "c5")
+
+
+def test_channels_last_backbone_computes_the_same_function():
+    """MODEL.RB_RESNET.CHANNELS_LAST: NHWC inside (weights too), the same features and gradients, returned in the
+    default contiguous format; "auto" means on for a CPU device, off elsewhere."""
+    cfg = make_cfg(depth=50, out_features=["res2", "res4"], freeze_at=2)
+    cfg.MODEL.DEVICE = "cpu"
+    assert cfg.MODEL.RB_RESNET.CHANNELS_LAST == "auto"
+    fast = build_rb_resnet_backbone(cfg, RGB)
+    assert fast.channels_last and fast.res3[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    cfg.MODEL.RB_RESNET.CHANNELS_LAST = False
+    plain = build_rb_resnet_backbone(cfg, RGB)
+    assert not plain.channels_last
+    plain.load_state_dict(fast.state_dict())  # same names and values
+    x = torch.randn(2, 3, 64, 96)
+    outs = []
+    for model in (fast, plain):
+        model.train()
+        model.zero_grad()
+        feats = model(x)
+        sum(f.square().sum() for f in feats.values()).backward()
+        outs.append((feats, model.res4[0].conv1.weight.grad.clone()))
+    def rel(a, b):  # largest difference relative to the largest value: float rounding in another summation order
+        return float((a - b).abs().max() / b.abs().max())
+
+    for name, f in outs[0][0].items():
+        assert f.is_contiguous()
+        assert rel(f, outs[1][0][name]) < 1e-5
+    assert rel(outs[0][1], outs[1][1]) < 1e-4
+
+    cfg.MODEL.RB_RESNET.CHANNELS_LAST = "auto"
+    cfg.MODEL.DEVICE = "cuda"  # not built (no GPU needed): only the choice is resolved
+    from resnet_backbone.d2.backbones import channels_last_from_cfg
+    assert channels_last_from_cfg(cfg) is False
+    cfg.MODEL.RB_RESNET.CHANNELS_LAST = "yes"
+    with pytest.raises(ValueError, match="CHANNELS_LAST.*'yes'"):
+        channels_last_from_cfg(cfg)
+    with pytest.raises(ValueError, match="channels_last"):
+        ResNet(18, channels_last="yes")

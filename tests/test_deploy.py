@@ -264,8 +264,9 @@ def test_benchmark_tool_quick_backbone_and_pipeline(tmp_path):
     backbone = results["sections"]["backbone_r50"]
     assert set(backbone["train"]["contenders"]) == {"plugin", "detectron2", "torchvision", "reference-copy"}
     assert {"plugin-deploy", "detectron2-deploy"} <= set(backbone["inference"]["contenders"])
-    # the plugin loads detectron2's weights: the same function, also after deploy
-    assert backbone["max_rel_diff_vs_detectron2"]["plugin"] == 0.0
+    # the plugin loads detectron2's weights: the same function (channels-last on CPU: oneDNN's summation order),
+    # also after deploy
+    assert backbone["max_rel_diff_vs_detectron2"]["plugin"] < 1e-5
     assert backbone["max_rel_diff_vs_detectron2"]["plugin-deploy"] < RTOL
     assert results["sections"]["pipeline"]["loader"]["images_per_s"] > 0
     assert results["environment"]["matmul_peak_gflops"] > 0

@@ -41,9 +41,12 @@ def _check_backbone_args(depth, norm, freeze_at):
         raise ValueError(f"freeze_at must be an integer in [0, 5], got {freeze_at!r}")
 
 
-def plugin_backbone(depth: int, norm: str, freeze_at: int) -> ResNet:
+def plugin_backbone(depth: int, norm: str, freeze_at: int, channels_last: bool = False) -> ResNet:
+    """The plugin's ResNet; channels_last as its detectron2 builder sets it (MODEL.RB_RESNET.CHANNELS_LAST "auto":
+    on for CPU)."""
     _check_backbone_args(depth, norm, freeze_at)
-    return ResNet(depth, norm=norm, out_features=[_LAST], freeze_at=freeze_at, stride_in_1x1=True)
+    return ResNet(depth, norm=norm, out_features=[_LAST], freeze_at=freeze_at, stride_in_1x1=True,
+                  channels_last=channels_last)
 
 
 def detectron2_backbone(depth: int, norm: str, freeze_at: int) -> nn.Module:
@@ -106,10 +109,11 @@ def torchvision_trunk(depth: int, norm: str, freeze_at: int) -> nn.Module:
     return _TorchvisionTrunk(net)
 
 
-def backbone_contenders(depth: int, norm: str, freeze_at: int) -> Dict[str, nn.Module]:
-    """{"plugin", "detectron2", "torchvision"}; plugin and detectron2 share weights (same parameter names)."""
+def backbone_contenders(depth: int, norm: str, freeze_at: int, device="cpu") -> Dict[str, nn.Module]:
+    """{"plugin", "detectron2", "torchvision"}; plugin and detectron2 share weights (same parameter names). The
+    plugin is configured as its detectron2 builder configures it for `device` (channels-last on CPU)."""
     d2 = detectron2_backbone(depth, norm, freeze_at)
-    plugin = plugin_backbone(depth, norm, freeze_at)
+    plugin = plugin_backbone(depth, norm, freeze_at, channels_last=torch.device(device).type == "cpu")
     plugin.load_state_dict(d2.state_dict())
     return {"plugin": plugin, "detectron2": d2, "torchvision": torchvision_trunk(depth, norm, freeze_at)}
 

@@ -163,7 +163,7 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
                          settings: Settings) -> dict:
     """Training step (forward + backward) and inference of the plugin ResNet, detectron2's and torchvision's."""
     device = settings.device
-    models = _fresh_copies({k: m.to(device) for k, m in backbone_contenders(depth, norm, freeze_at).items()})
+    models = _fresh_copies({k: m.to(device) for k, m in backbone_contenders(depth, norm, freeze_at, device).items()})
     x = torch.randn(batch, 3, size, size, device=device)
     macs = {k: multiply_adds(m, x[:1]) for k, m in models.items()}
 

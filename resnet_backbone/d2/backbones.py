@@ -7,8 +7,10 @@ Registered names (prefixed "rb" so detectron2's own `build_resnet_backbone` etc.
 Config keys read (detectron2's keys keep their meaning):
   MODEL.RESNETS.{DEPTH, OUT_FEATURES, NORM, STRIDE_IN_1X1, NUM_GROUPS, WIDTH_PER_GROUP, RES5_DILATION,
   STEM_OUT_CHANNELS, RES2_OUT_CHANNELS}, MODEL.BACKBONE.FREEZE_AT, MODEL.FPN.*, and the plugin's
-  MODEL.RB_RESNET.{SHORTCUT, VARIANT, DROP_PATH_RATE, ZERO_INIT_LAST}, MODEL.VGG.{OUT_FEATURES, FREEZE_AT}.
+  MODEL.RB_RESNET.{SHORTCUT, VARIANT, DROP_PATH_RATE, ZERO_INIT_LAST, CHANNELS_LAST}, MODEL.VGG.{OUT_FEATURES,
+  FREEZE_AT}.
 """
+import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
@@ -23,6 +25,7 @@ __all__ = [
     "build_rb_retinanet_resnet_fpn_backbone",
     "build_rb_vgg16_backbone",
     "resnet_options_from_cfg",
+    "channels_last_from_cfg",
 ]
 
 
@@ -70,7 +73,19 @@ def build_rb_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     (no gradients, BatchNorm turned into FrozenBatchNorm2d), as in detectron2.
     """
     return ResNet(**resnet_options_from_cfg(cfg), out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES),
-                  freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, in_channels=input_shape.channels)
+                  freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, in_channels=input_shape.channels,
+                  channels_last=channels_last_from_cfg(cfg))
+
+
+def channels_last_from_cfg(cfg) -> bool:
+    """MODEL.RB_RESNET.CHANNELS_LAST: True, False, or "auto" = on when MODEL.DEVICE is a CPU (measured faster
+    there; not measured on GPUs, so off)."""
+    value = cfg.MODEL.RB_RESNET.get("CHANNELS_LAST", "auto")
+    if isinstance(value, bool):
+        return value
+    if value != "auto":
+        raise ValueError(f"MODEL.RB_RESNET.CHANNELS_LAST must be True, False or 'auto', got {value!r}")
+    return torch.device(cfg.MODEL.DEVICE).type == "cpu"
 
 
 def _fpn_bottom_up(cfg, input_shape):

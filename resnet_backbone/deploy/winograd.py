@@ -263,7 +263,8 @@ def _buffer(slot: str, numel: int) -> torch.Tensor:
 
 def workspace_bytes() -> int:
     """Bytes held by this thread's Winograd scratch buffers."""
-    return sum(4 * getattr(_workspace, s).numel() for s in ("input", "gemm") if getattr(_workspace, s, None) is not None)
+    buffers = (getattr(_workspace, slot, None) for slot in ("input", "gemm"))
+    return sum(4 * b.numel() for b in buffers if b is not None)
 
 
 def _ptr(t: Optional[torch.Tensor]):

