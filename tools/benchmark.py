@@ -68,7 +68,8 @@ def build_parser():
                    help="deploy path without Winograd 3x3 convolutions (and no plugin-deploy-direct contender)")
     p.add_argument("--no-noise-floor", action="store_true",
                    help="do not also time a copy of the reference model in the training groups")
-    p.add_argument("--memory-rounds", type=int, default=3, help="peak-memory measurements per contender (median)")
+    p.add_argument("--memory-rounds", type=int, default=7,
+                   help="peak-memory measurements per contender (median; one RSS reading varies by +-10%%)")
     p.add_argument("--pipeline-workers", type=int, default=None, help="loader workers (default: min(2, CPUs))")
     p.add_argument("--pipeline-batch", type=int, default=8)
     p.add_argument("--pipeline-batches", type=int, default=6, help="timed loader batches")

@@ -39,7 +39,7 @@ class Settings:
     channels_last: object = "auto"
     onednn: object = "auto"
     winograd: object = "auto"
-    memory_rounds: int = 3
+    memory_rounds: int = 7
     # time a deep copy of the reference too: two copies of one model differ only by noise (memory placement, load),
     # which bounds what a ratio between two contenders can resolve
     noise_floor: bool = True
