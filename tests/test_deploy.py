@@ -121,7 +121,7 @@ def _c4_cfg(**deploy_keys):
 
 
 def test_c4_detector_backbone_and_res5_through_apply_deploy_config():
-    cfg = _c4_cfg(FUSE_BN=True, CHANNELS_LAST=True, ONEDNN=True)
+    cfg = _c4_cfg(FUSE_BN=True, CHANNELS_LAST=True, ONEDNN=True, WINOGRAD=True)
     model = _randomize_norm_stats(build_model(cfg)).eval()
     assert isinstance(model.backbone, ResNet)
     assert isinstance(model.backbone.res2[0].conv1.norm, FrozenBatchNorm2d)
@@ -138,6 +138,8 @@ def test_c4_detector_backbone_and_res5_through_apply_deploy_config():
         res5 = fast.roi_heads.res5(ref_res4)
         assert _rel_err(res4, ref_res4) < RTOL
         assert _rel_err(res5, ref_res5) < RTOL
+        # res2's 3x3 convolutions (16x24, 24 tiles) took the Winograd path
+        assert fast.backbone.res2[0].conv2.cached_weight_bytes() > 0
         # and the whole deployed detector runs (channels-last features through RPN, RoI pooling, box head)
         image = (torch.rand(3, 64, 96) * 255).to(torch.uint8)
         (out,) = fast([{"image": image, "height": 64, "width": 96}])

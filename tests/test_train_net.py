@@ -84,10 +84,12 @@ def test_train_resume_eval_only_and_compare(tmp_path, datasets_root):
     for ds in resumed["results"]:
         assert again["results"][ds]["bbox"]["AP"] == pytest.approx(resumed["results"][ds]["bbox"]["AP"], abs=1e-6)
 
-    # the deploy path (BN folded into the convolutions) is usable from the config and keeps the AP
+    # the deploy path (BN folded, oneDNN, Winograd, channels-last) is usable from the config and keeps the AP
     fused = tmp_path / "fused"
     _run(cfg + ["--eval-only"] + _opts() + ["OUTPUT_DIR", str(fused), "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                                            "MODEL.RB_DEPLOY.FUSE_BN", "True"], datasets_root)
+                                            "MODEL.RB_DEPLOY.FUSE_BN", "True", "MODEL.RB_DEPLOY.ONEDNN", "True",
+                                            "MODEL.RB_DEPLOY.WINOGRAD", "True", "MODEL.RB_DEPLOY.CHANNELS_LAST",
+                                            "True"], datasets_root)
     fused_res = json.loads((fused / "eval_results.json").read_text())
     for ds in resumed["results"]:
         assert fused_res["results"][ds]["bbox"]["AP50"] == pytest.approx(
