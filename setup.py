@@ -12,6 +12,8 @@ setup(
     description="Paper-faithful ResNets (He et al., 2016) as a Detectron2 backbone plugin",
     python_requires=">=3.10",
     packages=find_packages(include=["resnet_backbone", "resnet_backbone.*"]),
+    # the deploy path's Winograd transforms, compiled on first use (or by tools/setup_env.py) with the C compiler
+    package_data={"resnet_backbone.deploy": ["csrc/*.c"]},
     install_requires=[
         "torch>=1.13",
         "torchvision>=0.14",
