@@ -212,7 +212,7 @@ def test_deployed_model_copies_and_falls_back_when_gradients_are_needed():
 
 
 def test_onednn_missing_leaves_the_model_working(monkeypatch, caplog):
-    monkeypatch.setattr(deploy.onednn, "_onednn_ops", lambda: None)
+    monkeypatch.setattr(deploy._ops, "onednn_ops", lambda: None)
     assert not deploy.onednn_available("cpu")
     model = create_model("cifar_resnet8")
     with caplog.at_level(logging.WARNING, logger="resnet_backbone.deploy"):

@@ -50,7 +50,7 @@ def test_conv3x3_equals_direct_convolution(m, n, c, k, h, w, padding):
     ref = _reference(x, weight, bias, padding)
     # the GEMM through oneDNN's grouped convolution and through torch.bmm; NCHW inputs converted, NHWC used in place
     for onednn, layout in ((True, torch.contiguous_format), (True, torch.channels_last), (False, torch.channels_last)):
-        wt = winograd.prepare_weight(weight, m, onednn=onednn)
+        wt = winograd.WinogradWeight(weight, m, onednn=onednn)
         assert wt.onednn == onednn and wt.nbytes == 4 * (m + 2) ** 2 * c * k
         out = winograd.conv3x3(x.contiguous(memory_format=layout), wt, bias, padding)
         assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
@@ -65,21 +65,21 @@ def test_fused_epilogue_bias_shortcut_and_relu(m):
     add = torch.randn(2, 96, 10, 13, generator=g)
     ref = _reference(x, weight, None, (1, 1), add=add, relu=True)
     for onednn in (True, False):
-        out = winograd.conv3x3(x, winograd.prepare_weight(weight, m, onednn=onednn), None, (1, 1), relu=True, add=add)
+        out = winograd.conv3x3(x, winograd.WinogradWeight(weight, m, onednn=onednn), None, (1, 1), relu=True, add=add)
         assert _rel_err(out, ref) < RTOL
         assert (out >= 0).all() and (out == 0).any()
 
 
 def test_bad_arguments_are_named():
     x = torch.randn(1, 8, 6, 6)
-    wt = winograd.prepare_weight(torch.randn(4, 8, 3, 3), 2)
+    wt = winograd.WinogradWeight(torch.randn(4, 8, 3, 3), 2)
     with pytest.raises(ValueError, match="must be one of"):
         winograd.transform_weight(torch.randn(4, 8, 3, 3), 3)
     with pytest.raises(ValueError, match=r"\[K, C, 3, 3\]"):
         winograd.transform_weight(torch.randn(4, 8, 5, 5), 2)
     with pytest.raises(ValueError, match="8 channels.*made for 7"):
-        winograd.conv3x3(x, winograd.prepare_weight(torch.randn(4, 7, 3, 3), 2))
-    with pytest.raises(ValueError, match="prepare_weight"):
+        winograd.conv3x3(x, winograd.WinogradWeight(torch.randn(4, 7, 3, 3), 2))
+    with pytest.raises(ValueError, match="WinogradWeight"):
         winograd.conv3x3(x, winograd.transform_weight(torch.randn(4, 8, 3, 3), 2))
     with pytest.raises(ValueError, match="float32"):
         winograd.conv3x3(x.double(), wt)
@@ -92,7 +92,7 @@ def test_bad_arguments_are_named():
 def test_packed_weight_follows_the_tile_count_then_settles_on_bmm():
     g = torch.Generator().manual_seed(5)
     weight = torch.randn(64, 64, 3, 3, generator=g) / 24
-    wt = winograd.prepare_weight(weight, 4, onednn=True)
+    wt = winograd.WinogradWeight(weight, 4, onednn=True)
     sizes = [8, 8, 12, 16, 8, 20, 24, 28, 12]  # tile counts 4, 4, 9, 16, 4, 25, 36, 49, 9 at batch 1
     for s in sizes:
         x = torch.randn(1, 64, s, s, generator=g)

@@ -19,6 +19,7 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from ..config import add_resnet_backbone_config
+from ..deploy.layout import channels_last_helps
 from ..d2 import backbones as _backbones  # noqa: F401  registers the plugin's backbones
 from ..d2 import roi_heads as _roi_heads  # noqa: F401  registers the plugin's ROI heads
 from ..data.synthetic_detection import generate_sample
@@ -113,7 +114,7 @@ def backbone_contenders(depth: int, norm: str, freeze_at: int, device="cpu") -> 
     """{"plugin", "detectron2", "torchvision"}; plugin and detectron2 share weights (same parameter names). The
     plugin is configured as its detectron2 builder configures it for `device` (channels-last on CPU)."""
     d2 = detectron2_backbone(depth, norm, freeze_at)
-    plugin = plugin_backbone(depth, norm, freeze_at, channels_last=torch.device(device).type == "cpu")
+    plugin = plugin_backbone(depth, norm, freeze_at, channels_last=channels_last_helps(device))
     plugin.load_state_dict(d2.state_dict())
     return {"plugin": plugin, "detectron2": d2, "torchvision": torchvision_trunk(depth, norm, freeze_at)}
 

@@ -53,11 +53,6 @@ def deployed(model: nn.Module, settings: Settings, *, compile: bool = False, win
                                  winograd=settings.winograd if winograd is None else winograd)
 
 
-def _winograd_runs(settings: Settings) -> bool:
-    return (settings.winograd is not False and settings.onednn is not False and settings.device.type == "cpu"
-            and _winograd.available())
-
-
 def deploy_state(model: nn.Module) -> dict:
     """What a deployed model holds beyond its parameters for Winograd, after it has run: transformed weights of the
     layers that took the path ((m + 2)^2 / 9 times their 3x3 weights) and this thread's scratch buffers. Peak
@@ -66,7 +61,6 @@ def deploy_state(model: nn.Module) -> dict:
     used = [m for m in convs if m.cached_weight_bytes() > 0]
     return {"winograd_layers": len(used), "winograd_eligible_layers": sum(bool(m.winograd) for m in convs),
             "transformed_weight_bytes": sum(m.cached_weight_bytes() for m in used),
-            "weight_bytes_of_those_layers": sum(m.weight.numel() * m.weight.element_size() for m in used),
             "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             "workspace_bytes": _winograd.workspace_bytes()}
 
@@ -86,7 +80,7 @@ def _inference_contenders(models, macs, settings, *, deploy_detectron2):
         m.eval()
     infer_models = dict(models)
     infer_models["plugin-deploy"] = deployed(models["plugin"], settings)
-    if _winograd_runs(settings):
+    if any(getattr(m, "winograd", False) for m in infer_models["plugin-deploy"].modules()):
         infer_models["plugin-deploy-direct"] = deployed(models["plugin"], settings, winograd=False)
     if deploy_detectron2:
         infer_models["detectron2-deploy"] = deployed(models["detectron2"], settings)

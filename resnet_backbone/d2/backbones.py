@@ -10,11 +10,11 @@ Config keys read (detectron2's keys keep their meaning):
   MODEL.RB_RESNET.{SHORTCUT, VARIANT, DROP_PATH_RATE, ZERO_INIT_LAST, CHANNELS_LAST}, MODEL.VGG.{OUT_FEATURES,
   FREEZE_AT}.
 """
-import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
+from ..deploy.layout import channels_last_helps
 from ..modeling.resnet import ResNet, resnet_stage_specs
 from ..modeling.vgg import VGG
 from .registry import register_once
@@ -78,14 +78,14 @@ def build_rb_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
 
 
 def channels_last_from_cfg(cfg) -> bool:
-    """MODEL.RB_RESNET.CHANNELS_LAST: True, False, or "auto" = on when MODEL.DEVICE is a CPU (measured faster
-    there; not measured on GPUs, so off)."""
+    """MODEL.RB_RESNET.CHANNELS_LAST: True, False, or "auto" = the deploy path's rule for MODEL.DEVICE
+    (`channels_last_helps`: on for CPUs with oneDNN, where it was measured faster; not measured on GPUs, so off)."""
     value = cfg.MODEL.RB_RESNET.get("CHANNELS_LAST", "auto")
     if isinstance(value, bool):
         return value
     if value != "auto":
         raise ValueError(f"MODEL.RB_RESNET.CHANNELS_LAST must be True, False or 'auto', got {value!r}")
-    return torch.device(cfg.MODEL.DEVICE).type == "cpu"
+    return channels_last_helps(cfg.MODEL.DEVICE)
 
 
 def _fpn_bottom_up(cfg, input_shape):

@@ -54,6 +54,3 @@ class _GuardedCompiled(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["eager"], name)
-
-
-

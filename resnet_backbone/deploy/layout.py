@@ -33,6 +33,3 @@ def to_channels_last(model: nn.Module) -> nn.Module:
             module.register_forward_pre_hook(_to_channels_last_hook)
     model._rb_channels_last = True
     return model
-
-
-

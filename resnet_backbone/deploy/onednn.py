@@ -18,19 +18,16 @@ from torch import nn
 from ..modeling.blocks import BasicBlock, BottleneckBlock
 from ..modeling.resnet import BasicStem, CifarStem
 from . import winograd as _winograd
-from ._ops import onednn_ops
+from . import _ops
 
 __all__ = ["fuse_onednn", "onednn_available", "OneDNNConv2d"]
 
 logger = logging.getLogger(__name__)
 
 
-_onednn_ops = onednn_ops  # a module attribute, so tests can take oneDNN away
-
-
 def onednn_available(device: Union[str, torch.device] = "cpu") -> bool:
     """Whether `fuse_onednn` can speed up a model on `device` (CPU, torch built with oneDNN and its fused ops)."""
-    return torch.device(device).type == "cpu" and _onednn_ops() is not None
+    return torch.device(device).type == "cpu" and _ops.onednn_ops() is not None
 
 
 _CACHE = "_rb_weight_cache"
@@ -65,7 +62,7 @@ class OneDNNConv2d(Conv2d):
         return cache[1][slot]
 
     def _pack(self, weight):
-        return _onednn_ops()[2](weight.contiguous(memory_format=torch.channels_last), list(self.padding),
+        return _ops.onednn_ops()[2](weight.contiguous(memory_format=torch.channels_last), list(self.padding),
                                 list(self.stride), list(self.dilation), self.groups, None)
 
     def _winograd_variant(self, x) -> Optional[int]:
@@ -82,16 +79,16 @@ class OneDNNConv2d(Conv2d):
             if relu:
                 y = F.relu_(y)
         elif (m := self._winograd_variant(x)) is not None:
-            u = self._cached(("winograd", m), lambda w: _winograd.prepare_weight(w, m))
+            u = self._cached(("winograd", m), lambda w: _winograd.WinogradWeight(w, m))
             y = _winograd.conv3x3(x, u, self.bias, self.padding, relu=relu, add=add)
         else:
             packed = self._cached("onednn", self._pack)
             geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             if add is not None:
-                y = _onednn_ops()[1](x, add, packed, self.bias, *geometry, "add", None, "relu" if relu else None, [],
-                                     None)
+                y = _ops.onednn_ops()[1](x, add, packed, self.bias, *geometry, "add", None,
+                                         "relu" if relu else None, [], None)
             else:
-                y = _onednn_ops()[0](x, packed, self.bias, *geometry, "relu" if relu else "none", [], None)
+                y = _ops.onednn_ops()[0](x, packed, self.bias, *geometry, "relu" if relu else "none", [], None)
         if self.activation is not None:
             y = self.activation(y)
         return y
@@ -192,7 +189,7 @@ def fuse_onednn(model: nn.Module, winograd: bool = False) -> dict:
     if not isinstance(winograd, bool):
         raise ValueError(f"winograd must be True or False, got {winograd!r}")
     counts = {"convs": 0, "blocks": 0, "winograd": 0}
-    if _onednn_ops() is None:
+    if _ops.onednn_ops() is None:
         logger.warning("oneDNN fused convolutions are not available in this torch build; model left as it is")
         return counts
     for module in list(model.modules()):
@@ -211,6 +208,3 @@ def fuse_onednn(model: nn.Module, winograd: bool = False) -> dict:
                 setattr(parent, name, fused)
                 counts["blocks"] += 1
     return counts
-
-
-

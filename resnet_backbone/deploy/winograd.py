@@ -32,10 +32,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._ops import onednn_ops
+from . import _ops
 
 __all__ = ["VARIANTS", "MIN_TILES", "MIN_CHANNELS", "kernels", "available", "unavailable_reason", "build",
-           "transform_weight", "WinogradWeight", "prepare_weight", "choose_variant", "conv3x3", "workspace_bytes"]
+           "transform_weight", "WinogradWeight", "choose_variant", "conv3x3", "workspace_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ VARIANTS = (4, 2)  # output tile sides m
 # CPU, one thread (oneDNN GEMM, packed per tile count): F(4x4) is 1.3-2.8x faster than direct from 8 tiles (e.g.
 # 512 channels at 7x7, batch 2: 1.3x; batch 16: 2.2x; 256 channels at 50x50: 2.5x), slower at 4 tiles (7x7,
 # batch 1: 0.6-0.9x), and slower for 16-channel layers (CIFAR's first stage: 0.6x). F(2x2) never beat F(4x4)
-# there; it stays available (prepare_weight(w, 2)) as the variant with float32-exact accuracy.
+# there; it stays available (WinogradWeight(w, 2)) as the variant with float32-exact accuracy.
 MIN_TILES = 8
 MIN_CHANNELS = 32
 
@@ -87,7 +87,7 @@ def _library_path(compiler: str) -> Path:
     return _cache_dir() / f"winograd-{key[:16]}{suffix}"
 
 
-def build(verbose: bool = False) -> Path:
+def build() -> Path:
     """Compile csrc/winograd.c into the cache folder (RB_CACHE_DIR, default ~/.cache/resnet_backbone) unless the
     library for this source and compiler is there already; returns its path. Raises RuntimeError naming the
     compiler (RB_CC / CC / cc) and its message when it fails. Written to a temporary name and renamed, so
@@ -111,8 +111,6 @@ def build(verbose: bool = False) -> Path:
                 break
             if res.returncode == 0:
                 os.replace(tmp, target)
-                if verbose:
-                    logger.info("built the Winograd kernels: %s", target)
                 return target
             errors.append(f"{' '.join(cmd)}: {res.stderr.strip()[-400:]}")
     finally:
@@ -161,11 +159,15 @@ def _check_variant(m):
         raise ValueError(f"Winograd output tile m must be one of {VARIANTS}, got {m!r}")
 
 
-def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """G g G^T of a [K, C, 3, 3] weight, as [(m + 2)^2, C, K] float32 (computed in float64, rounded once)."""
+def _check_weight(weight: torch.Tensor, m: int):
     _check_variant(m)
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"Winograd F(m, 3) needs a [K, C, 3, 3] weight, got shape {tuple(weight.shape)}")
+
+
+def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """G g G^T of a [K, C, 3, 3] weight, as [(m + 2)^2, C, K] float32 (computed in float64, rounded once)."""
+    _check_weight(weight, m)
     g = torch.tensor(_G[m], dtype=torch.float64, device=weight.device)
     u = torch.einsum("ij,kcjl,ml->imck", g, weight.detach().to(torch.float64), g)
     a = m + 2
@@ -173,7 +175,8 @@ def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
 
 
 class WinogradWeight:
-    """The filter transform of one [K, C, 3, 3] weight for F(m x m, 3 x 3), in the form the GEMM takes.
+    """The filter transform of one [K, C, 3, 3] weight for F(m x m, 3 x 3), in the form the GEMM takes (`conv3x3`'s
+    weight; onednn None: oneDNN's GEMM where available).
 
     oneDNN's grouped 1x1 convolution wants the weight packed in a blocked layout that depends on the number of
     tiles: packed for one count and run with another, oneDNN re-orders the whole weight on every call (10-30x
@@ -186,10 +189,8 @@ class WinogradWeight:
     MAX_REPACKS = 4
 
     def __init__(self, weight: torch.Tensor, m: int, *, onednn: Optional[bool] = None):
-        _check_variant(m)
-        if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
-            raise ValueError(f"Winograd F(m, 3) needs a [K, C, 3, 3] weight, got shape {tuple(weight.shape)}")
-        ops = onednn_ops() if onednn is not False else None
+        _check_weight(weight, m)
+        ops = _ops.onednn_ops() if onednn is not False else None
         if onednn and ops is None:
             raise ValueError("WinogradWeight(onednn=True): this torch build has no oneDNN convolution ops")
         self.m = m
@@ -221,17 +222,12 @@ class WinogradWeight:
                 # group p maps the C channels of point p to its K outputs: weight [points * K, C, 1, 1]
                 grouped = u.permute(0, 2, 1).reshape(self.points * self.out_channels, self.in_channels, 1, 1)
                 self._packed = None  # let the old one go first
-                self._packed = onednn_ops()[2](grouped.contiguous(memory_format=torch.channels_last), [0, 0],
+                self._packed = _ops.onednn_ops()[2](grouped.contiguous(memory_format=torch.channels_last), [0, 0],
                                                [1, 1], [1, 1], self.points,
                                                [1, self.points * self.in_channels, tiles, 1])
                 self._packed_tiles = tiles
                 self.repacks += 1
         return self._packed if self.onednn else self._u
-
-
-def prepare_weight(weight: torch.Tensor, m: int, *, onednn: Optional[bool] = None) -> WinogradWeight:
-    """The Winograd form of a [K, C, 3, 3] weight for `conv3x3` (onednn None: oneDNN's GEMM where available)."""
-    return WinogradWeight(weight, m, onednn=onednn)
 
 
 def _tiles(n, ho, wo, m):
@@ -284,14 +280,14 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, bias: Optional[torch.Tensor
     """relu?(conv3x3(x) + bias [+ add]) with stride 1, computed with Winograd F(m x m, 3 x 3), m = weight.m.
 
     x: [N, C, H, W] float32 on the CPU (any strides; NHWC is used as it is, others are copied to it); weight:
-    `prepare_weight(w, m)`; bias: [K] or None; add: a tensor of the output's shape or None. Returns an
+    `WinogradWeight(w, m)`; bias: [K] or None; add: a tensor of the output's shape or None. Returns an
     [N, K, Ho, Wo] tensor in channels-last memory format (Ho = H + 2 * padding - 2).
     """
     lib = kernels()
     if lib is None:
         raise RuntimeError(f"Winograd kernels unavailable: {unavailable_reason()}")
     if not isinstance(weight, WinogradWeight):
-        raise ValueError(f"conv3x3 takes the weight as prepare_weight(...) returns it, got {type(weight).__name__}")
+        raise ValueError(f"conv3x3 takes the weight as a WinogradWeight, got {type(weight).__name__}")
     m, points = weight.m, weight.points
     if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"Winograd conv3x3 takes a 4-d float32 CPU tensor, got {x.dim()}-d {x.dtype} on {x.device}")
@@ -322,7 +318,7 @@ def conv3x3(x: torch.Tensor, weight: WinogradWeight, bias: Optional[torch.Tensor
     if weight.onednn:
         # one grouped 1x1 convolution: a "pixel" per tile, a group per point; NHWC output = (tile, point, channel)
         pixels = v.view(1, tiles, 1, points * c).permute(0, 3, 1, 2)
-        prod = onednn_ops()[0](pixels, gemm_weight, None, [0, 0], [1, 1], [1, 1], points, "none", [], None)
+        prod = _ops.onednn_ops()[0](pixels, gemm_weight, None, [0, 0], [1, 1], [1, 1], points, "none", [], None)
         prod = prod.contiguous(memory_format=torch.channels_last)
         tile_stride, point_stride = points * k, k
     else:

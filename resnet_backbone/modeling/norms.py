@@ -25,6 +25,6 @@ class FrozenBatchNorm2d(_D2FrozenBatchNorm2d):
 
 def get_norm(norm, out_channels: int):
     """detectron2's get_norm, except that "FrozenBN" gives the plugin's FrozenBatchNorm2d."""
-    if isinstance(norm, str) and norm == "FrozenBN":
+    if norm == "FrozenBN":
         return FrozenBatchNorm2d(out_channels)
     return _d2_get_norm(norm, out_channels)

@@ -82,24 +82,23 @@ static void epilogue(const float *restrict o, const float *restrict bias, const 
     }
 }
 
-/* tile t -> (image n, tile row ty, tile column tx); -1 for an m the file has no transforms for */
-static int locate(int m, int64_t t, int64_t th, int64_t tw, int64_t *n, int64_t *ty, int64_t *tx) {
+/* tile t -> (image n, tile row ty, tile column tx) */
+static void locate(int64_t t, int64_t th, int64_t tw, int64_t *n, int64_t *ty, int64_t *tx) {
     *n = t / (th * tw);
     *ty = (t / tw) % th;
     *tx = t % tw;
-    return m == 2 || m == 4 ? 0 : -1;
 }
 
 int rb_winograd_input(const float *x, float *V, int64_t N, int64_t H, int64_t W, int64_t C, int64_t pad_h,
                       int64_t pad_w, int m, int64_t th, int64_t tw, int nthreads) {
-    int64_t n, ty, tx;
-    if (locate(m, 0, th, tw, &n, &ty, &tx)) return -1;
-    const int a = m + 2;
+    if (m != 2 && m != 4) return -1;
     const transform_fn bt = m == 2 ? bt2 : bt4;
+    const int a = m + 2;
+    int64_t n, ty, tx;
 #pragma omp parallel for num_threads(nthreads) schedule(static) private(n, ty, tx)
     for (int64_t t = 0; t < N * th * tw; t++) {
         float d[AMAX * AMAX * CB], tmp[AMAX * AMAX * CB];
-        locate(m, t, th, tw, &n, &ty, &tx);
+        locate(t, th, tw, &n, &ty, &tx);
         const int64_t y0 = ty * m - pad_h, x0 = tx * m - pad_w;
         const int inside = y0 >= 0 && x0 >= 0 && y0 + a <= H && x0 + a <= W;
         for (int64_t c0 = 0; c0 < C; c0 += CB) {
@@ -136,14 +135,14 @@ int rb_winograd_input(const float *x, float *V, int64_t N, int64_t H, int64_t W,
 int rb_winograd_output(const float *M, int64_t ts, int64_t ps, float *y, const float *bias, const float *residual,
                        int relu, int64_t N, int64_t Ho, int64_t Wo, int64_t K, int m, int64_t th, int64_t tw,
                        int nthreads) {
-    int64_t n, ty, tx;
-    if (locate(m, 0, th, tw, &n, &ty, &tx)) return -1;
+    if (m != 2 && m != 4) return -1;
     const transform_fn at = m == 2 ? at2 : at4;
     const int a = m + 2;
+    int64_t n, ty, tx;
 #pragma omp parallel for num_threads(nthreads) schedule(static) private(n, ty, tx)
     for (int64_t t = 0; t < N * th * tw; t++) {
         float tmp[AMAX * AMAX * CB], o[AMAX * CB];
-        locate(m, t, th, tw, &n, &ty, &tx);
+        locate(t, th, tw, &n, &ty, &tx);
         const int mi = (int)(Ho - ty * m < m ? Ho - ty * m : m), mj = (int)(Wo - tx * m < m ? Wo - tx * m : m);
         for (int64_t k0 = 0; k0 < K; k0 += CB) {
             const int kb = (int)(K - k0 < CB ? K - k0 : CB);
