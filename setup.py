@@ -26,5 +26,6 @@ setup(
         "tqdm",
         "tabulate",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # requirements/test-constraints.txt pins the versions the suite was run with (applied by tools/setup_env.py)
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"], "onnx": ["onnx>=1.14", "onnxruntime>=1.16"]},
 )

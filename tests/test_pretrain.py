@@ -80,9 +80,11 @@ def test_imagenet_configs_follow_the_paper_and_fit_the_detectors():
     assert tuple(cfg.PRETRAIN.INPUT.SCALE) == (256, 480) and cfg.PRETRAIN.INPUT.CROP_SIZE == 224
     det = load_config(str(REPO / "configs" / "coco" / "frcnn_r101.yaml"))
     # the pretraining input convention is the detection config's
-    assert preprocessing_from_cfg(cfg).as_detectron2() == pytest.approx(
-        {"MODEL.PIXEL_MEAN": list(det.MODEL.PIXEL_MEAN), "MODEL.PIXEL_STD": list(det.MODEL.PIXEL_STD),
-         "INPUT.FORMAT": det.INPUT.FORMAT})
+    pre = preprocessing_from_cfg(cfg).as_detectron2()
+    assert set(pre) == {"MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "INPUT.FORMAT"}
+    assert pre["MODEL.PIXEL_MEAN"] == pytest.approx(list(det.MODEL.PIXEL_MEAN))
+    assert pre["MODEL.PIXEL_STD"] == pytest.approx(list(det.MODEL.PIXEL_STD))
+    assert pre["INPUT.FORMAT"] == det.INPUT.FORMAT
     c = load_config(str(REPO / "configs" / "cifar" / "resnet110.yaml")).PRETRAIN.SOLVER
     assert (c.IMS_PER_BATCH, scaled_base_lr(c.BASE_LR, c.IMS_PER_BATCH, c.REFERENCE_BATCH)) == (128, 0.1)
     assert (tuple(c.STEPS), c.MAX_ITER, c.WARMUP_FACTOR * 0.1, c.WARMUP_UNTIL_ERROR) == ((32000, 48000), 64000,

@@ -24,7 +24,7 @@ def test_setup_failure_names_the_step(monkeypatch, capsys):
     finally:
         sys.path.pop(0)
 
-    def boom(_workdir):
+    def boom(_workdir, source=None):
         raise setup_env.StepError("simulated")
 
     monkeypatch.setattr(setup_env, "STEPS", [("detectron2", boom)])

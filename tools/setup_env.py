@@ -3,10 +3,14 @@
 
 Steps (each logged; a failure names the step and what to do):
   1. torch + torchvision   (torch==2.14.1 / torchvision==0.29.1 when torch is missing; see README)
-  2. detectron2            (keep an installed one; else the official source install; else the
+  2. detectron2            (keep an installed one; else, with --detectron2-source / RB_DETECTRON2_SOURCE, a
+                            local source archive or folder (checksum checked against a SHA256SUMS beside it),
+                            built once with its compiled ops into a cached wheel, replacing an installed
+                            detectron2 built from another source; else the official source install; else the
                             official v0.6 source release from PyPI, `pb1-detectron2==0.6`, built with an
                             empty `detectron2._C` and the version pins v0.6 needs)
-  3. the project itself    (`pip install -e .[test]`, editable, pointing at this checkout)
+  3. the project itself    (`pip install -e .[test]`, editable, pointing at this checkout; the test tools
+                            pinned by requirements/test-constraints.txt)
   4. Winograd kernels      (the deploy path's C transforms, built with the system C compiler into
                             ~/.cache/resnet_backbone; without a compiler the deploy path keeps oneDNN's direct
                             3x3 convolutions, so this step only reports it)
@@ -18,6 +22,8 @@ import importlib.util
 import json
 import importlib.metadata as md
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -26,6 +32,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_CONSTRAINTS = REPO / "requirements" / "test-constraints.txt"
+D2_SOURCE_ENV = "RB_DETECTRON2_SOURCE"
+# The same folder as resnet_backbone's own cache (RB_CACHE_DIR); this script runs before the package is installed.
+CACHE = Path(os.environ.get("RB_CACHE_DIR") or Path.home() / ".cache" / "resnet_backbone")
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 D2_GIT = "git+https://github.com/facebookresearch/detectron2.git"
 D2_SDIST = "pb1-detectron2==0.6"
@@ -82,7 +92,7 @@ def dist_version(name):
         return None
 
 
-def step_torch(_workdir):
+def step_torch(_workdir, source=None):
     ok_t, _ = importable("torch")
     ok_v, err = importable("torchvision.ops")
     if ok_t and ok_v:
@@ -103,8 +113,30 @@ def v06_constraints(workdir):
     return path
 
 
+def _requirement_name(line):
+    return re.split(r"[<>=!~ ;\[]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_constraints(workdir, v06):
+    """requirements/test-constraints.txt, with the v0.6 pins replacing the lines they name on that path."""
+    lines = [ln.strip() for ln in TEST_CONSTRAINTS.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if v06:
+        pinned = {_requirement_name(p) for p in V06_PINS}
+        lines = [ln for ln in lines if _requirement_name(ln) not in pinned] + V06_PINS
+    path = Path(workdir) / "test_constraints.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+V06_MARKER = "v0.6 sdist fallback"
+
+
 def detectron2_is_v06():
-    return any(dist_version(n) == "0.6" for n in ("pb1-detectron2", "detectron2"))
+    """Whether the installed detectron2 is this script's v0.6 fallback. Its version string cannot tell: detectron2
+    main also calls itself 0.6. The fallback's empty extension says so in its compiler version."""
+    res = subprocess.run([sys.executable, "-c", "from detectron2 import _C; print(_C.get_compiler_version())"],
+                         capture_output=True, text=True)
+    return dist_version("pb1-detectron2") is not None or V06_MARKER in res.stdout
 
 
 def detectron2_ready():
@@ -143,7 +175,120 @@ def build_v06(workdir, rebuild=False):
     pip("--no-build-isolation", *extra, str(src), constraints=cons)
 
 
-def step_detectron2(workdir):
+def source_digest(src: Path) -> str:
+    """sha256 of an archive, or of a folder's relative paths and contents (build outputs excluded)."""
+    h = hashlib.sha256()
+    if src.is_file():
+        with open(src, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src).as_posix()
+        if rel.startswith(("build/", ".git/")) or "/__pycache__/" in rel or path.suffix in (".so", ".pyc"):
+            continue
+        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def verify_source(src: Path) -> str:
+    """The source's digest; checked against a SHA256SUMS beside it when there is one (a mismatch is an error)."""
+    if not src.exists():
+        raise StepError(f"detectron2 source {src} (from --detectron2-source / {D2_SOURCE_ENV}) does not exist; "
+                        "give a detectron2 source archive (.tar.gz / .zip) or an unpacked source folder")
+    digest = source_digest(src)
+    sums = src.parent / "SHA256SUMS"
+    if sums.exists():
+        listed = dict((line.split()[1].lstrip("*"), line.split()[0]) for line in sums.read_text().splitlines()
+                      if len(line.split()) == 2)
+        if src.name not in listed:
+            raise StepError(f"{sums} lists no checksum for {src.name} (it lists {sorted(listed)})")
+        if listed[src.name] != digest:
+            raise StepError(f"sha256 of {src} is {digest}, {sums} says {listed[src.name]}: refusing it")
+        log(f"sha256 of {src.name} verified against {sums}")
+    return digest
+
+
+def wheel_cache_dir(digest: str) -> Path:
+    """One folder per (source, torch, Python): a wheel built against another torch would not load."""
+    torch_v = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                             capture_output=True, text=True).stdout.strip().replace("+", "_")
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return CACHE / "detectron2" / f"{digest[:16]}-torch{torch_v}-{py}"
+
+
+def installed_detectron2_origin():
+    """The file URL detectron2 was installed from (pip's direct_url.json), or None."""
+    for name in ("detectron2", "pb1-detectron2"):
+        try:
+            info = json.loads(md.distribution(name).read_text("direct_url.json") or "{}")
+        except md.PackageNotFoundError:
+            continue
+        return info.get("url", "")
+    return None
+
+
+def unpack_source(src: Path, workdir) -> Path:
+    if src.is_dir():
+        return src
+    dest = Path(workdir) / "d2_source"
+    dest.mkdir()
+    if src.suffix == ".zip":
+        import zipfile
+        with zipfile.ZipFile(src) as z:
+            z.extractall(dest)
+    else:
+        with tarfile.open(src) as tar:
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, **kw)
+    tops = [p for p in dest.iterdir() if (p / "setup.py").exists()]
+    if (dest / "setup.py").exists():
+        return dest
+    if len(tops) != 1:
+        raise StepError(f"{src} holds no single detectron2 source folder with a setup.py: {list(dest.iterdir())}")
+    return tops[0]
+
+
+def install_local_source(src: Path, workdir):
+    """Build detectron2 from a local source (compiled ops included) once per source/torch/Python; install it."""
+    cache = wheel_cache_dir(verify_source(src))
+    wheels = sorted(cache.glob("detectron2-*.whl"))
+    origin = installed_detectron2_origin() or ""
+    if wheels and origin == wheels[0].as_uri() and detectron2_ready()[0]:
+        log(f"detectron2 from {src.name} (wheel {wheels[0]}): present")
+        return
+    if not wheels:
+        folder = unpack_source(src, workdir)
+        build = Path(workdir) / "d2_wheel"
+        log(f"building detectron2 from {src} with its compiled ops (a few minutes, once; cached in {cache})")
+        cmd = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-build-isolation",
+               "--no-deps", str(folder), "-w", str(build)]
+        log("$ " + " ".join(cmd))
+        if subprocess.run(cmd).returncode != 0:
+            raise StepError(f"building detectron2 from {src} failed (see pip's output above); unset "
+                            f"{D2_SOURCE_ENV} / drop --detectron2-source to use the other install paths")
+        cache.mkdir(parents=True, exist_ok=True)
+        for whl in build.glob("detectron2-*.whl"):
+            tmp = cache / (whl.name + ".part")
+            shutil.copyfile(whl, tmp)
+            os.replace(tmp, cache / whl.name)  # a half-copied wheel is never taken for a cached build
+        wheels = sorted(cache.glob("detectron2-*.whl"))
+    else:
+        log(f"detectron2 from {src.name}: cached wheel {wheels[0]}")
+    if origin is not None:
+        log(f"replacing the installed detectron2 ({origin or 'unknown origin'}) by the one built from {src.name}")
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check",
+                        "detectron2", "pb1-detectron2"], capture_output=True)
+    pip(str(wheels[0]))
+    ok, err = detectron2_ready()
+    if not ok:
+        raise StepError(f"detectron2 built from {src} installed, but `import detectron2.engine` fails: {err}")
+
+
+def step_detectron2(workdir, source=None):
+    if source:
+        install_local_source(Path(source).expanduser().resolve(), workdir)
+        return
     ok, err = detectron2_ready()
     if ok:
         log(f"detectron2 {dist_version('detectron2') or dist_version('pb1-detectron2')}: present")
@@ -170,7 +315,22 @@ def step_detectron2(workdir):
         raise StepError(f"detectron2 built but `import detectron2.engine` fails: {err}")
 
 
-def project_ready():
+def pinned_versions_ok(v06):
+    """Every installed test tool at the version the constraints file pins (a newer one may break the suite)."""
+    for line in TEST_CONSTRAINTS.read_text().splitlines():
+        if "==" not in line or line.startswith("#"):
+            continue
+        name, version = line.split("==")
+        if v06 and _requirement_name(name) in {_requirement_name(p) for p in V06_PINS}:
+            continue
+        if v06 and name.startswith("onnx"):
+            continue
+        if dist_version(name.strip()) != version.strip():
+            return False
+    return True
+
+
+def project_ready(v06=False):
     """Installed editable from this checkout, with every requirement of setup.py and the test extra importable."""
     try:
         info = json.loads(md.distribution("resnet_backbone").read_text("direct_url.json") or "{}")
@@ -183,20 +343,22 @@ def project_ready():
         return False
     mods = ["torch", "torchvision", "fvcore", "pycocotools", "numpy", "PIL", "matplotlib", "yaml", "tqdm",
             "tabulate", "pytest", "hypothesis"]
-    return all(importlib.util.find_spec(m) is not None for m in mods)
+    return all(importlib.util.find_spec(m) is not None for m in mods) and pinned_versions_ok(v06)
 
 
-def step_project(workdir):
-    if project_ready():
-        log(f"resnet_backbone (editable, {REPO}) and test requirements: present")
+def step_project(workdir, source=None):
+    v06 = detectron2_is_v06()
+    if project_ready(v06):
+        log(f"resnet_backbone (editable, {REPO}) and test requirements (pinned): present")
         return
-    cons = v06_constraints(workdir) if detectron2_is_v06() else None
-    pip("--no-build-isolation", "-e", f"{REPO}[test]", constraints=cons)
-    if not project_ready():
+    # onnx / onnxruntime (the export tests) are not installed beside v0.6: they need a newer numpy
+    extras = "test" if v06 else "test,onnx"
+    pip("--no-build-isolation", "-e", f"{REPO}[{extras}]", constraints=test_constraints(workdir, v06))
+    if not project_ready(v06):
         raise StepError(f"resnet_backbone is not installed editable from {REPO} after `pip install -e`")
 
 
-def step_kernels(workdir):
+def step_kernels(workdir, source=None):
     # a fresh interpreter: the project was just installed, and its build needs torch and detectron2 importable
     code = ("import logging, sys; from resnet_backbone.deploy import winograd as w\n"
             "try:\n    print(w.build())\nexcept RuntimeError as e:\n    print(e); sys.exit(3)")
@@ -216,14 +378,16 @@ STEPS = [("torch", step_torch), ("detectron2", step_detectron2), ("project", ste
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
+    parser.add_argument("--detectron2-source", metavar="ARCHIVE_OR_DIR", default=os.environ.get(D2_SOURCE_ENV),
+                        help=f"build detectron2 from this local source (air-gapped install; default: ${D2_SOURCE_ENV})")
+    args = parser.parse_args(argv)
     t0 = time.time()
     log(f"python {sys.executable} ({sys.version.split()[0]})")
     with tempfile.TemporaryDirectory(prefix="rb_setup_") as workdir:
         for name, fn in STEPS:
             log(f"step '{name}'")
             try:
-                fn(workdir)
+                fn(workdir, source=args.detectron2_source)
             except Exception as e:  # noqa: BLE001 - every failure is reported with its step
                 log(f"FAILED at step '{name}': {e}")
                 log("Fix the cause above and run `make setup` again; finished steps are kept. "
