@@ -14,6 +14,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from resnet_backbone.checkpoint.safe_load import restricted_load
 from resnet_backbone.data.classification import (
     CIFAR10Dataset,
     CorruptImageError,
@@ -21,7 +22,6 @@ from resnet_backbone.data.classification import (
     build_classification_loader,
     measure_loader_throughput,
     read_cifar_batch,
-    restricted_pickle_load,
     set_loader_epoch,
 )
 from resnet_backbone.data.synthetic_classification import (
@@ -154,14 +154,14 @@ def test_cifar_reader_refuses_a_malicious_pickle(tmp_path):
     # Arbitrary classes are refused as well, not only callables.
     buf = pickle.dumps(torch.nn.Identity())
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        restricted_pickle_load(io.BytesIO(buf))
+        restricted_load(io.BytesIO(buf), encoding="bytes")
 
 
 def test_restricted_unpickler_admits_arrays_and_builtins():
     value = {b"a": np.arange(6, dtype=np.int16).reshape(2, 3), "b": [1, 2.5, 3j, {4}, frozenset({5}), bytearray(b"x")],
              "c": np.float32(1.5), "d": (None, True, b"bytes")}
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
-        out = restricted_pickle_load(io.BytesIO(pickle.dumps(value, protocol=protocol)))
+        out = restricted_load(io.BytesIO(pickle.dumps(value, protocol=protocol)), encoding="bytes")
         np.testing.assert_array_equal(out[b"a"], value[b"a"])
         assert out[b"a"].dtype == np.int16
         assert out["b"] == value["b"] and out["c"] == value["c"] and out["d"] == value["d"]

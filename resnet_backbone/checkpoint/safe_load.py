@@ -7,6 +7,7 @@ downloaded checkpoint is as dangerous as a downloaded script. Here:
   restricted unpickler (tensors, dtypes and plain containers only);
 * ``.pkl`` (detectron2 model-zoo files and the MSRA / Caffe2 Detectron pickles, written by Python 2) go
   through :class:`RestrictedUnpickler`, which admits containers, numbers, strings and numpy arrays only.
+  Other pickled data (the CIFAR-10 batches) is read with the same unpickler through :func:`restricted_load`.
 
 Anything else in the file raises :class:`UnsafeCheckpointError` before it is called.
 """
@@ -18,7 +19,7 @@ import os
 import pickle
 import re
 from collections import OrderedDict
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, BinaryIO, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "load_file",
     "load_pkl",
     "load_torch",
+    "restricted_load",
     "state_dict_from",
 ]
 
@@ -46,7 +48,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     def __init__(self, path: str, refused: str, allowed: str):
         self.path = path
         self.refused = refused
-        super().__init__(f"refused to load {refused} from {path}: {allowed}")
+        super().__init__(f"refusing to load {refused} from {path}: {allowed}")
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -134,16 +136,31 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(self._path, f"persistent id {pid!r}", _PKL_ALLOWED)
 
 
+def restricted_load(file: BinaryIO, *, path: Optional[str] = None, encoding: str = "latin1") -> Any:
+    """Unpickle one object from the open binary ``file`` with :class:`RestrictedUnpickler`.
+
+    ``path`` names the source in errors (default: the file's name). ``encoding`` decodes Python 2 ``str``:
+    "latin1" for the model-zoo pickles (numpy array data written as py2 ``str``, as detectron2 reads them),
+    "bytes" for the CIFAR-10 batches (whose keys are py2 ``str`` and stay bytes).
+
+    Raises:
+        UnsafeCheckpointError: the pickle names anything but plain data; nothing it names was called.
+        Anything a damaged stream raises (EOFError, pickle.UnpicklingError, ...) propagates unchanged.
+    """
+    path = str(path if path is not None else getattr(file, "name", "<stream>"))
+    try:
+        return RestrictedUnpickler(file, path=path, encoding=encoding).load()
+    except _Refused as e:
+        raise UnsafeCheckpointError(path, str(e), _PKL_ALLOWED) from None
+
+
 def load_pkl(path: str) -> Any:
-    """Unpickle ``path`` with :class:`RestrictedUnpickler`. ``encoding="latin1"`` reads the Python 2
-    pickles of the MSRA / Caffe2 model zoos (numpy array data written as py2 ``str``), as detectron2 does."""
+    """:func:`restricted_load` of the file ``path``; a damaged file raises :class:`CorruptCheckpointError`."""
     with open(path, "rb") as f:
         try:
-            return RestrictedUnpickler(f, path=path, encoding="latin1").load()
+            return restricted_load(f, path=path)
         except UnsafeCheckpointError:
             raise
-        except _Refused as e:
-            raise UnsafeCheckpointError(path, str(e), _PKL_ALLOWED) from None
         except Exception as e:  # anything a damaged byte stream can raise: EOFError, UnpicklingError, ...
             raise CorruptCheckpointError(path, f"{type(e).__name__}: {e}") from e
 

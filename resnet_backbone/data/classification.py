@@ -2,21 +2,15 @@
 
 - `ImageNetFolder`: the standard folder layout ``root/{train,val}/<wnid>/<image>``, class index = position of the
   wnid in sorted order (the order every ImageNet model, torchvision's included, uses).
-- `CIFAR10Dataset`: the python-pickle batches of ``cifar-10-batches-py``, read with a restricted unpickler that
-  can only rebuild numpy arrays and builtin values (a pickle can otherwise run arbitrary code), with the paper's
-  optional 45k/5k train/val split.
+- `CIFAR10Dataset`: the python-pickle batches of ``cifar-10-batches-py``, read with checkpoint.safe_load's
+  restricted unpickler (numpy arrays and builtin values only: a pickle can otherwise run arbitrary code), with the
+  paper's optional 45k/5k train/val split.
 - `build_classification_loader`: a DataLoader with workers, pinned memory on CUDA, persistent workers and a
   DistributedSampler when asked; `measure_loader_throughput`: images/s of a loader.
 """
 from __future__ import annotations
 
-import builtins
-import codecs
-import collections
-import importlib
-import io
 import os
-import pickle
 import time
 import warnings
 from pathlib import Path
@@ -27,12 +21,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..checkpoint.safe_load import UnsafeCheckpointError, restricted_load
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "CorruptImageError",
     "load_rgb_image",
     "ImageNetFolder",
-    "restricted_pickle_load",
     "read_cifar_batch",
     "CIFAR10Dataset",
     "build_classification_loader",
@@ -147,74 +142,6 @@ class ImageNetFolder(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Restricted unpickling: CIFAR batches are pickles, and pickle.load runs whatever callables a file names.
-
-
-def _numpy_global(name: str, *modules: str):
-    """Resolve ``name`` from the first importable numpy module (numpy 2 moved numpy.core to numpy._core)."""
-    def resolve():
-        for module in modules:
-            try:
-                return getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError):
-                continue
-        raise pickle.UnpicklingError(f"numpy has no {name} in any of {modules}")
-    return resolve
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    # Python 3 pickles bytes under protocol < 3 as _codecs.encode(text, "latin1"); no other codec is admitted.
-    try:
-        name = codecs.lookup(encoding).name
-    except LookupError:
-        name = None
-    if name != "iso8859-1":
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r} (only latin1 is allowed)")
-    return text.encode("latin1")
-
-
-_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
-_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
-_BUILTIN_NAMES = ("set", "frozenset", "bytearray", "bytes", "complex", "dict", "list", "tuple", "int", "float",
-                  "bool", "str")
-
-# (module, name) a pickle may reference -> what it gets. Everything else is refused.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
-    **{(m, "_reconstruct"): _numpy_global("_reconstruct", *_MULTIARRAY) for m in _MULTIARRAY},
-    **{(m, "scalar"): _numpy_global("scalar", *_MULTIARRAY) for m in _MULTIARRAY},
-    **{(m, "_frombuffer"): _numpy_global("_frombuffer", *_NUMERIC) for m in _NUMERIC},
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): lambda: _latin1_encode,
-    ("collections", "OrderedDict"): lambda: collections.OrderedDict,
-    **{("builtins", n): (lambda n=n: getattr(builtins, n)) for n in _BUILTIN_NAMES},
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        # Python 2 (and protocol < 3) pickles name the builtins module __builtin__; the stdlib maps it the same way.
-        module = "builtins" if module == "__builtin__" else module
-        resolve = _ALLOWED_GLOBALS.get((module, name))
-        if resolve is None:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name}: only numpy arrays and builtin values are allowed")
-        return resolve()
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("refusing persistent ids in a data pickle")
-
-
-def restricted_pickle_load(fileobj: io.BufferedIOBase, *, encoding: str = "bytes") -> Any:
-    """``pickle.load`` that only admits numpy arrays/dtypes/scalars and builtin containers, bytes and numbers.
-
-    ``encoding="bytes"`` reads Python 2 ``str`` (the CIFAR files' keys) as bytes. Anything else a pickle names
-    (os.system, eval, arbitrary classes) raises pickle.UnpicklingError before it can be called.
-    """
-    return _RestrictedUnpickler(fileobj, encoding=encoding).load()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # CIFAR-10
 
 
@@ -223,6 +150,18 @@ def _field(d: dict, key: str, path: Path):
         if k in d:
             return d[k]
     raise ValueError(f"CIFAR file {str(path)!r} has no {key!r} entry (keys: {sorted(map(repr, d))})")
+
+
+def _load_cifar_pickle(path: Path) -> Any:
+    """One CIFAR file's pickle through safe_load's restricted unpickler; ``encoding="bytes"`` keeps the Python 2
+    ``str`` keys of the official files as bytes (b"data", b"labels")."""
+    with open(path, "rb") as f:
+        try:
+            return restricted_load(f, path=str(path), encoding="bytes")
+        except UnsafeCheckpointError:
+            raise
+        except Exception as e:
+            raise ValueError(f"CIFAR file {str(path)!r} is not a readable pickle: {type(e).__name__}: {e}") from e
 
 
 def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -234,13 +173,7 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR batch file {str(path)!r} does not exist")
-    with open(path, "rb") as f:
-        try:
-            d = restricted_pickle_load(f, encoding="bytes")
-        except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{str(path)!r}: {e}") from e
-        except Exception as e:
-            raise ValueError(f"CIFAR batch file {str(path)!r} is not a readable pickle: {e}") from e
+    d = _load_cifar_pickle(path)
     if not isinstance(d, dict):
         raise ValueError(f"CIFAR batch file {str(path)!r} holds a {type(d).__name__}, expected a dict")
     data = np.asarray(_field(d, "data", path))
@@ -286,8 +219,7 @@ class CIFAR10Dataset(Dataset):
             raise FileNotFoundError(f"no CIFAR-10 batches found: expected {str(root / self.FOLDER / self.META_FILE)!r} "
                                     f"(the python version of CIFAR-10, unpacked)")
         self.split, self.transform = split, transform
-        with open(self.folder / self.META_FILE, "rb") as f:
-            meta = restricted_pickle_load(f, encoding="bytes")
+        meta = _load_cifar_pickle(self.folder / self.META_FILE)
         names = _field(meta, "label_names", self.folder / self.META_FILE)
         self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
