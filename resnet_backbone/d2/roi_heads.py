@@ -21,31 +21,52 @@ from ..modeling.vgg import VGG_FC_DIM
 from .backbones import resnet_options_from_cfg
 from .registry import register_once
 
-__all__ = ["RBRes5ROIHeads", "RBVGG16FCHead", "build_res5_head_stage"]
+__all__ = ["RBRes5ROIHeads", "RBVGG16FCHead", "build_res5_head_stage", "res5_head_stage"]
+
+
+def res5_head_stage(depth=101, *, variant="imagenet", shortcut="B", norm="BN", stride_in_1x1=True, num_groups=1,
+                    width_per_group=64, stem_out_channels=None, drop_path_rate=0.0,
+                    zero_init_last=False) -> nn.Sequential:
+    """The C4 head's conv5_x from the backbone's ResNet options (keyword arguments of `ResNet`): the plugin's res5,
+    first block stride 2. For LazyConfig (`res5=L(res5_head_stage)(depth=101, norm="FrozenBN")`) and
+    `build_res5_head_stage`."""
+    specs = resnet_stage_specs(depth, variant=variant, num_groups=num_groups, width_per_group=width_per_group,
+                               stem_out_channels=stem_out_channels, drop_path_rate=drop_path_rate)
+    by_name = {s.name: s for s in specs}
+    if "res5" not in by_name:
+        raise ValueError(f"the C4 head needs a res5 stage; a {variant} ResNet has only {', '.join(by_name)} "
+                         "(use variant 'imagenet', MODEL.RB_RESNET.VARIANT 'imagenet')")
+    return make_stage(by_name["res5"], norm=norm, shortcut=shortcut, stride_in_1x1=stride_in_1x1,
+                      num_groups=num_groups, zero_init_last=zero_init_last)
 
 
 def build_res5_head_stage(cfg) -> nn.Sequential:
     """The C4 head's conv5_x: the plugin's res5 for the ResNet described by cfg, first block stride 2."""
     options = resnet_options_from_cfg(cfg)
-    if options["res5_dilation"] != 1:
+    if options.pop("res5_dilation") != 1:
         # the head runs on RoI-pooled maps; dilation is a backbone option (DC5), stride 2 is the paper's head
-        raise ValueError(f"MODEL.RESNETS.RES5_DILATION={options['res5_dilation']} cannot be used with the C4 head "
-                         "(its res5 downsamples the pooled RoI by 2, paper Appendix A); allowed: 1")
-    specs = resnet_stage_specs(options["depth"], variant=options["variant"], num_groups=options["num_groups"],
-                               width_per_group=options["width_per_group"],
-                               stem_out_channels=options["stem_out_channels"],
-                               drop_path_rate=options["drop_path_rate"])
-    by_name = {s.name: s for s in specs}
-    if "res5" not in by_name:
-        raise ValueError(f"the C4 head needs a res5 stage; a {options['variant']} ResNet has only "
-                         f"{', '.join(by_name)} (use MODEL.RB_RESNET.VARIANT 'imagenet')")
-    return make_stage(by_name["res5"], norm=options["norm"], shortcut=options["shortcut"],
-                      stride_in_1x1=options["stride_in_1x1"], num_groups=options["num_groups"],
-                      zero_init_last=options["zero_init_last"])
+        raise ValueError(f"MODEL.RESNETS.RES5_DILATION={cfg.MODEL.RESNETS.RES5_DILATION} cannot be used with the C4 "
+                         "head (its res5 downsamples the pooled RoI by 2, paper Appendix A); allowed: 1")
+    return res5_head_stage(**options)
 
 
 class RBRes5ROIHeads(Res5ROIHeads):
-    """detectron2's C4 ROI heads with the plugin's res5 (any depth / shortcut option / plain net / norm)."""
+    """detectron2's C4 ROI heads with the plugin's res5 (any depth / shortcut option / plain net / norm).
+
+    Built from a cfg (MODEL.ROI_HEADS.NAME "RBRes5ROIHeads") or from keyword arguments alone, those of detectron2's
+    Res5ROIHeads: in_features, pooler, res5 (`res5_head_stage(...)`), box_predictor, mask_head, num_classes,
+    batch_size_per_image, positive_fraction, proposal_matcher, proposal_append_gt.
+    """
+
+    @configurable
+    def __init__(self, *, res5: nn.Module, box_predictor: nn.Module, **kwargs):
+        out_channels = getattr(res5[-1], "out_channels", None) if isinstance(res5, nn.Sequential) else None
+        cls_score = getattr(box_predictor, "cls_score", None)
+        in_features = getattr(cls_score, "in_features", None)
+        if out_channels is not None and in_features is not None and in_features != out_channels:
+            raise ValueError(f"RBRes5ROIHeads: box_predictor takes {in_features} channels but res5 returns "
+                             f"{out_channels}; build the predictor with ShapeSpec(channels={out_channels})")
+        super().__init__(res5=res5, box_predictor=box_predictor, **kwargs)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -96,6 +117,7 @@ class RBVGG16FCHead(nn.Module):
         return self.dropout(F.relu(self.fc7(x)))
 
     @property
+    @torch.jit.unused  # as detectron2's box heads: a construction-time property, not part of a scripted head
     def output_shape(self) -> ShapeSpec:
         return ShapeSpec(channels=VGG_FC_DIM)
 

@@ -13,9 +13,15 @@ class ClassifierBackbone(Backbone):
     forward returns the requested feature maps (backbone use) or, with num_classes, the logits.
     """
 
+    def __init__(self):
+        super().__init__()
+        self.arch_name = type(self).__name__  # for error messages (TorchScript cannot evaluate type(self))
+
     def forward(self, x: torch.Tensor):
+        # TorchScript-compatible (torch.jit.script): no type(self) here, and `num_classes is None` is resolved when
+        # compiling, so a scripted backbone returns the dict and a scripted classifier the logits
         if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} takes (N, C, H, W) input, got shape {tuple(x.shape)}")
+            raise ValueError(f"{self.arch_name} takes (N, C, H, W) input, got shape {x.shape}")
         feats = self.forward_features(x)
         last = feats.pop("_last")
         if self.num_classes is None:

@@ -6,6 +6,7 @@ argument: "A" (identity, zero-padded channels, parameter-free), "B" (projection 
 """
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d
 from torch import nn
@@ -33,7 +34,8 @@ class DropPath(nn.Module):
         if not self.training or self.drop_prob == 0.0:
             return x
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        shape = [x.shape[0]] + [1] * (x.dim() - 1)  # one draw per sample (a list: TorchScript has no tuple +)
+        mask = x.new_empty(shape).bernoulli_(keep)
         return x * mask / keep
 
     def extra_repr(self):
@@ -117,6 +119,7 @@ class BasicBlock(_ResidualBlock):
         self._finish(shortcut, in_channels, out_channels, stride, norm, drop_path, zero_init_last)
 
     @property
+    @torch.jit.unused  # construction-time helper; TorchScript cannot return a submodule
     def last_conv(self):
         return self.conv2
 
@@ -149,6 +152,7 @@ class BottleneckBlock(_ResidualBlock):
         self._finish(shortcut, in_channels, out_channels, stride, norm, drop_path, zero_init_last)
 
     @property
+    @torch.jit.unused
     def last_conv(self):
         return self.conv3
 

@@ -1,5 +1,6 @@
 """Norm layers: detectron2's `get_norm`, with the plugin's FrozenBatchNorm2d for "FrozenBN"."""
 import torch
+import torch.nn.functional as F
 from detectron2.layers import FrozenBatchNorm2d as _D2FrozenBatchNorm2d
 from detectron2.layers import get_norm as _d2_get_norm
 
@@ -17,7 +18,9 @@ class FrozenBatchNorm2d(_D2FrozenBatchNorm2d):
 
     def forward(self, x):
         if not x.requires_grad:
-            return super().forward(x)
+            # detectron2's inference branch, written out: TorchScript cannot compile super().forward
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training=False,
+                                eps=self.eps)
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return torch.addcmul(shift.reshape(1, -1, 1, 1).to(x.dtype), x, scale.reshape(1, -1, 1, 1).to(x.dtype))

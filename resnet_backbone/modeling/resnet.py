@@ -160,6 +160,10 @@ class ResNet(ClassifierBackbone):
             detectron2 builders turn it on for CPU (MODEL.RB_RESNET.CHANNELS_LAST "auto").
     """
 
+    # attribute types for TorchScript: a classifier's empty feature list has no element type to infer
+    _out_features: List[str]
+    stage_names: List[str]
+
     def __init__(self, depth, *, variant="imagenet", shortcut=None, norm="BN", stride_in_1x1=True, num_groups=1,
                  width_per_group=64, stem_out_channels=None, res5_dilation=1, drop_path_rate=0.0,
                  zero_init_last=False, num_classes=None, out_features=None, freeze_at=0, in_channels=3,
@@ -223,16 +227,19 @@ class ResNet(ClassifierBackbone):
         return self
 
     def forward_features(self, x) -> Dict[str, torch.Tensor]:
-        outputs = {}
+        outputs: Dict[str, torch.Tensor] = {}
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x.contiguous() if self.channels_last else x
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x.contiguous() if self.channels_last else x
+        # named_children (registration order: stem, res2, ...) instead of getattr(self, name): TorchScript looks
+        # submodules up by literal names only; the stages keep their names (and the checkpoint keys)
+        for name, stage in self.named_children():
+            if name in self.stage_names:
+                x = stage(x)
+                if name in self._out_features:
+                    outputs[name] = x.contiguous() if self.channels_last else x
         outputs["_last"] = x
         return outputs
 

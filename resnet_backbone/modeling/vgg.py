@@ -3,7 +3,7 @@
 As a backbone it ends at conv5_3 (stride 16): pool5 is dropped, as in Faster R-CNN. With `num_classes` it is the
 ImageNet classifier (pool5, fc6, fc7, fc8; dropout 0.5 after fc6 and fc7).
 """
-from typing import Dict
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,11 @@ class VGG(ClassifierBackbone):
         freeze_at: number of conv blocks frozen (2 = conv1_x and conv2_x, as in Faster R-CNN's VGG-16 setup).
         dropout: dropout after fc6 and fc7 (0.5 in VGG).
     """
+
+    # attribute types for TorchScript: an empty list has no element type to infer
+    _out_features: List[str]
+    _run_convs: List[str]
+    _after_pool: List[str]
 
     def __init__(self, *, layers=VGG16_LAYERS, num_classes=None, out_features=None, freeze_at=0, dropout=0.5,
                  in_channels=3):
@@ -68,9 +73,15 @@ class VGG(ClassifierBackbone):
             self.fc7 = nn.Linear(VGG_FC_DIM, VGG_FC_DIM)
             self.fc8 = nn.Linear(VGG_FC_DIM, num_classes)
             self.dropout = nn.Dropout(dropout)
+            self.pool_size = VGG_POOL_SIZE  # an attribute: TorchScript does not read module-level ints
             for fc in (self.fc6, self.fc7, self.fc8):
                 nn.init.normal_(fc.weight, std=0.01)  # VGG paper Sec 3.1: N(0, 1e-2), zero bias
                 nn.init.zeros_(fc.bias)
+        # the convs forward runs (a backbone stops at the block of its last feature) and those after a 2x2 max pool
+        blocks_run = len(layers) if num_classes is not None else 1 + max(
+            b for b, convs in enumerate(self.block_names) for f in out_features if f in convs)
+        self._run_convs = [name for convs in self.block_names[:blocks_run] for name in convs]
+        self._after_pool = [convs[0] for convs in self.block_names[1:blocks_run]]
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at=0):
@@ -81,21 +92,21 @@ class VGG(ClassifierBackbone):
         return self
 
     def forward_features(self, x) -> Dict[str, torch.Tensor]:
-        outputs = {}
-        last_needed = len(self.block_names) if self.num_classes else 1 + max(
-            int(f[4]) - 1 for f in self._out_features)
-        for b, convs in enumerate(self.block_names[:last_needed]):
-            if b > 0:
-                x = F.max_pool2d(x, kernel_size=2, stride=2)
-            for name in convs:
-                x = F.relu_(getattr(self, name)(x))
+        outputs: Dict[str, torch.Tensor] = {}
+        # named_children (registration order: conv1_1 ... conv5_3, then the classifier) instead of
+        # getattr(self, name): TorchScript looks submodules up by literal names only
+        for name, conv in self.named_children():
+            if name in self._run_convs:
+                if name in self._after_pool:
+                    x = F.max_pool2d(x, kernel_size=2, stride=2)
+                x = F.relu_(conv(x))
                 if name in self._out_features:
                     outputs[name] = x
         outputs["_last"] = x
         return outputs
 
     def classify(self, last):
-        x = F.adaptive_avg_pool2d(F.max_pool2d(last, 2, 2), VGG_POOL_SIZE)  # pool5
+        x = F.adaptive_avg_pool2d(F.max_pool2d(last, 2, 2), self.pool_size)  # pool5
         x = self.dropout(F.relu_(self.fc6(torch.flatten(x, 1))))
         x = self.dropout(F.relu_(self.fc7(x)))
         return self.fc8(x)
