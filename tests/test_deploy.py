@@ -121,7 +121,9 @@ def _c4_cfg(**deploy_keys):
 
 
 def test_c4_detector_backbone_and_res5_through_apply_deploy_config():
-    cfg = _c4_cfg(FUSE_BN=True, CHANNELS_LAST=True, ONEDNN=True, WINOGRAD=True)
+    # the fixed kernel rule, so that the Winograd path is taken where asserted below (tests/test_kernel_choice.py
+    # covers "measure")
+    cfg = _c4_cfg(FUSE_BN=True, CHANNELS_LAST=True, ONEDNN=True, WINOGRAD=True, KERNELS="rules")
     model = _randomize_norm_stats(build_model(cfg)).eval()
     assert isinstance(model.backbone, ResNet)
     assert isinstance(model.backbone.res2[0].conv1.norm, FrozenBatchNorm2d)

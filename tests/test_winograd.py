@@ -125,7 +125,8 @@ def test_resnet50_deploy_with_winograd_keeps_outputs_and_uses_it():
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         ref = model(x)
-    fast = prepare_for_inference(copy.deepcopy(model), winograd=True, onednn=True, channels_last=True)
+    fast = prepare_for_inference(copy.deepcopy(model), winograd=True, onednn=True, channels_last=True,
+                                 kernels="rules")
     convs = [m for m in fast.modules() if isinstance(m, OneDNNConv2d)]
     assert sum(m.winograd for m in convs) == 16  # the 3x3 / stride-1 convolutions of the 16 bottlenecks
     with torch.no_grad():
@@ -199,7 +200,7 @@ def test_winograd_under_torch_compile_keeps_outputs():
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         ref = model(x)
-        fast = prepare_for_inference(copy.deepcopy(model), winograd=True, onednn=True, compile=True)
+        fast = prepare_for_inference(copy.deepcopy(model), winograd=True, onednn=True, compile=True, kernels="rules")
         outs = [fast(x), fast(x)]
     assert all(_rel_err(out, ref.double()) < RTOL for out in outs)
     eager = getattr(fast, "eager", fast)

@@ -11,8 +11,11 @@ what tests/test_deploy.py and tests/test_winograd.py check):
 * `fuse_onednn` (onednn.py, CPU): norm-free convolutions on weights packed once into oneDNN's layout, and in
   ResNet blocks (the plugin's and detectron2's) the ReLUs, shortcut addition and final ReLU inside the
   convolutions as oneDNN post-ops.
-* Winograd (winograd.py, CPU, with fuse_onednn): 3x3 / stride-1 convolutions with F(4x4, 3x3) or F(2x2, 3x3)
-  where the feature map is large enough for it to pay: 4x / 2.25x fewer multiplications than the direct algorithm.
+* Winograd (winograd.py, CPU, with fuse_onednn): 3x3 / stride-1 convolutions with F(4x4, 3x3) or F(2x2, 3x3):
+  4x / 2.25x fewer multiplications than the direct algorithm.
+* Kernel choice (kernels.py, CPU, with fuse_onednn): "measure" times each convolution's candidates (F.conv2d
+  NCHW / NHWC, packed oneDNN, Winograd F(4x4) / F(2x2)) on its first input of each shape and keeps the fastest,
+  cached on disk per CPU, torch version and thread count; "rules" keeps the fixed rule without measuring.
 * `to_channels_last` (layout.py): 4-d weights in NHWC order and a pre-hook converting the inputs of the model and
   of every detectron2 Backbone in it, so oneDNN (CPU) / cuDNN run NHWC kernels without reorders.
 * `compile_model` (compile.py): `torch.compile`, falling back to eager with a log line when it fails.
@@ -28,14 +31,15 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from . import winograd
+from . import kernels as _kernels, winograd  # the submodule stays reachable as deploy.kernels
 from .compile import compile_model
 from .fold import fold_batchnorm
 from .layout import channels_last_helps, to_channels_last
 from .onednn import OneDNNConv2d, fuse_onednn, onednn_available
 
 __all__ = ["fold_batchnorm", "fuse_onednn", "onednn_available", "OneDNNConv2d", "to_channels_last",
-           "channels_last_helps", "compile_model", "prepare_for_inference", "apply_deploy_config", "winograd"]
+           "channels_last_helps", "compile_model", "prepare_for_inference", "apply_deploy_config", "winograd",
+           "kernels"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +61,8 @@ def _check_choice(name, value, choices):
 
 def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_last: Union[bool, str] = "auto",
                           onednn: Union[bool, str] = "auto", winograd: Union[bool, str] = "auto",
-                          compile: bool = False, compile_kwargs: Optional[dict] = None) -> nn.Module:
+                          kernels: str = "measure", compile: bool = False,
+                          compile_kwargs: Optional[dict] = None) -> nn.Module:
     """Put `model` in eval mode, without gradients, and apply the deploy path: BN folding, oneDNN fusion (with
     Winograd 3x3 convolutions), channels-last, torch.compile.
 
@@ -66,11 +71,15 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
         a warning and leaves the convolutions as they are.
     winograd: True, False or "auto" (on where onednn is on and the kernels build); it applies to the oneDNN
         convolutions, so it does nothing with onednn off.
+    kernels: "measure" (each oneDNN-path convolution times its candidate kernels on its first input of each shape
+        and keeps the fastest; cached on disk under RB_CACHE_DIR) or "rules" (the fixed rule, no measuring); see
+        deploy/kernels.py.
     Modifies the model in place (except compile, which wraps it); use the returned module.
     """
     _check_choice("channels_last", channels_last, _AUTO_CHOICES)
     _check_choice("onednn", onednn, _AUTO_CHOICES)
     _check_choice("winograd", winograd, _AUTO_CHOICES)
+    _check_choice("kernels", kernels, _kernels.MODES)
     for name, value in (("fuse_bn", fuse_bn), ("compile", compile)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -87,7 +96,7 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
                        device)
         onednn = False
     if onednn:
-        counts = fuse_onednn(model, winograd=bool(winograd))
+        counts = fuse_onednn(model, winograd=bool(winograd), kernels=kernels)
         logger.info("deploy: %d convolutions on packed oneDNN weights (%d may run Winograd), %d stems / blocks "
                     "fused", counts["convs"], counts["winograd"], counts["blocks"])
     elif winograd is True:
@@ -102,10 +111,10 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
 
 
 def apply_deploy_config(cfg, model: nn.Module) -> nn.Module:
-    """`prepare_for_inference` with cfg.MODEL.RB_DEPLOY.{FUSE_BN, ONEDNN, WINOGRAD, CHANNELS_LAST, COMPILE}; call it
-    after the weights are loaded, for evaluation / inference only (e.g. in train_net's eval-only branch, after
-    DetectionCheckpointer(...).resume_or_load). With all keys off the model is returned untouched (not even put in
-    eval mode). Use the returned module: torch.compile wraps the model."""
+    """`prepare_for_inference` with cfg.MODEL.RB_DEPLOY.{FUSE_BN, ONEDNN, WINOGRAD, KERNELS, CHANNELS_LAST,
+    COMPILE}; call it after the weights are loaded, for evaluation / inference only (e.g. in train_net's eval-only
+    branch, after DetectionCheckpointer(...).resume_or_load). With all the True / False keys off the model is
+    returned untouched (not even put in eval mode). Use the returned module: torch.compile wraps the model."""
     d = cfg.MODEL.RB_DEPLOY
     options = {"fuse_bn": d.FUSE_BN, "onednn": d.get("ONEDNN", False), "winograd": d.get("WINOGRAD", False),
                "channels_last": d.CHANNELS_LAST, "compile": d.get("COMPILE", False)}
@@ -114,4 +123,7 @@ def apply_deploy_config(cfg, model: nn.Module) -> nn.Module:
             raise ValueError(f"MODEL.RB_DEPLOY.{key.upper()} must be True or False, got {value!r}")
     if not any(options.values()):
         return model
-    return prepare_for_inference(model, **options)
+    kernels = d.get("KERNELS", "measure")
+    if kernels not in _kernels.MODES:
+        raise ValueError(f"MODEL.RB_DEPLOY.KERNELS must be one of {_kernels.MODES}, got {kernels!r}")
+    return prepare_for_inference(model, kernels=kernels, **options)

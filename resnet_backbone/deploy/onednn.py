@@ -1,10 +1,11 @@
 """oneDNN (CPU): packed weights, ReLU / residual addition fused into the convolutions, and the Winograd path.
 
-Norm-free detectron2 `Conv2d`s run through oneDNN with their weights packed once into its blocked layout (instead
-of reordered on every call); in ResNet blocks (the plugin's and detectron2's) the ReLUs, the shortcut addition
-and the final ReLU run inside the convolutions as oneDNN post-ops: the ops torch.compile's CPU backend emits
-(torch.ops.mkldnn._convolution_pointwise), used here without compiling. With `winograd=True`, 3x3 / stride-1
-convolutions whose shape makes it pay run the Winograd algorithm instead (`.winograd`), same epilogue fused.
+Norm-free detectron2 `Conv2d`s become `OneDNNConv2d`s, and in ResNet blocks (the plugin's and detectron2's) the
+ReLUs, the shortcut addition and the final ReLU are passed into the convolutions as their epilogue. Each
+convolution then runs the kernel `kernels.py` picks for its input shape (measured, or by the fixed rule): oneDNN on
+the weight packed once into its blocked layout, with the epilogue as oneDNN post-ops (the ops torch.compile's CPU
+backend emits, torch.ops.mkldnn._convolution_pointwise, used here without compiling); F.conv2d in NCHW or NHWC
+order; or, with `winograd=True` on 3x3 / stride-1 layers, the Winograd algorithm (`.winograd`), epilogue fused.
 """
 import logging
 from typing import Optional, Union
@@ -17,6 +18,7 @@ from torch import nn
 
 from ..modeling.blocks import BasicBlock, BottleneckBlock
 from ..modeling.resnet import BasicStem, CifarStem
+from . import kernels as _kernels
 from . import winograd as _winograd
 from . import _ops
 
@@ -35,14 +37,20 @@ _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class OneDNNConv2d(Conv2d):
-    """A norm-free detectron2 Conv2d whose forward runs oneDNN with the weight packed once (re-packed when the weight
-    changes) and can fuse a ReLU and an addition: `forward(x, relu=False, add=None)` = relu?(conv(x) [+ add]),
-    then `activation`. With `winograd` set (by `fuse_onednn(..., winograd=True)`, only on 3x3 / stride-1 float32
-    convolutions), calls whose shape makes it pay (`winograd.choose_variant`) run Winograd F(m, 3) with the same
-    fused epilogue. Parameters and their names are those of the Conv2d. Falls back to F.conv2d when gradients
-    are needed, for empty inputs, and for devices / dtypes oneDNN does not take."""
+    """A norm-free detectron2 Conv2d for inference that can fuse a ReLU and an addition:
+    `forward(x, relu=False, add=None)` = relu?(conv(x) [+ add]), then `activation`.
+
+    Each call runs one of the kernels of `kernels.KERNELS` (F.conv2d in NCHW / NHWC, oneDNN on the weight packed
+    once, Winograd F(4x4) / F(2x2) where `winograd` is set: by `fuse_onednn(..., winograd=True)`, on 3x3 / stride-1
+    float32 layers). `kernel_mode` "measure" times them on the first input of each shape and keeps the fastest
+    (cached on disk, see kernels.py); "rules" runs Winograd F(4x4) where `winograd.choose_variant` takes the shape and
+    packed oneDNN elsewhere. `kernel_choices` records the kernel per keyed input shape. Derived weights (packed,
+    transformed, re-laid-out) are made once and rebuilt when the weight changes. Parameters and their names are
+    those of the Conv2d. Falls back to F.conv2d when gradients are needed, for empty inputs, and for devices /
+    dtypes oneDNN does not take."""
 
     winograd = False
+    kernel_mode = "rules"
 
     def _fast_path_ok(self, x) -> bool:
         if (x.device.type != "cpu" or x.dim() != 4 or x.numel() == 0 or x.dtype != self.weight.dtype
@@ -65,38 +73,79 @@ class OneDNNConv2d(Conv2d):
         return _ops.onednn_ops()[2](weight.contiguous(memory_format=torch.channels_last), list(self.padding),
                                 list(self.stride), list(self.dilation), self.groups, None)
 
-    def _winograd_variant(self, x) -> Optional[int]:
-        if not self.winograd or x.dtype != torch.float32:
-            return None
-        n, c, h, w = x.shape
-        return _winograd.choose_variant(n, h, w, c, self.out_channels, self.padding)
+    @property
+    def kernel_choices(self) -> dict:
+        """{cache key of an input shape (kernels.layer_key): kernel name} for the calls so far."""
+        return self.__dict__.setdefault("_rb_kernel_choices", {})
 
-    def forward(self, x, relu: bool = False, add: Optional[torch.Tensor] = None):
-        if not self._fast_path_ok(x):
-            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-            if add is not None:
-                y += add
-            if relu:
-                y = F.relu_(y)
-        elif (m := self._winograd_variant(x)) is not None:
+    def _kernel_for(self, x, relu: bool, add) -> str:
+        fast = self.__dict__.setdefault("_rb_kernel_fast", {})
+        local = (tuple(x.shape), x.dtype, x.is_contiguous(), relu, add is not None, torch.get_num_threads(),
+                 self.kernel_mode)
+        kernel = fast.get(local)
+        if kernel is None:
+            if self.kernel_mode == "measure":
+                kernel = _kernels.choose(self, x, relu, add, lambda name: self._run(name, x, relu, add))
+            else:
+                kernel = _kernels.rules_choice(self, x)
+            fast[local] = kernel
+            self.kernel_choices[_kernels.layer_key(self, x, relu, add is not None)] = kernel
+            self._drop_unused_weights()
+        return kernel
+
+    @staticmethod
+    def _slot(kernel: str):
+        if kernel.startswith("winograd"):
+            return ("winograd", int(kernel[len("winograd"):]))
+        return {"onednn": "onednn", "conv2d_nchw": "nchw", "conv2d_nhwc": "nhwc"}[kernel]
+
+    def _drop_unused_weights(self):
+        """Forget derived weights of kernels no recorded choice uses (what measuring the others left behind)."""
+        cache = self.__dict__.get(_CACHE)
+        if cache is not None:
+            used = {self._slot(k) for k in self.__dict__.get("_rb_kernel_fast", {}).values()}
+            for slot in [s for s in cache[1] if s not in used]:
+                del cache[1][slot]
+
+    def _direct(self, x, weight, relu: bool, add):
+        y = F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if add is not None:
+            y += add
+        return F.relu_(y) if relu else y
+
+    def _run(self, kernel: str, x, relu: bool, add):
+        if kernel.startswith("winograd"):
+            m = int(kernel[len("winograd"):])
             u = self._cached(("winograd", m), lambda w: _winograd.WinogradWeight(w, m))
-            y = _winograd.conv3x3(x, u, self.bias, self.padding, relu=relu, add=add)
-        else:
+            return _winograd.conv3x3(x, u, self.bias, self.padding, relu=relu, add=add)
+        if kernel == "onednn":
             packed = self._cached("onednn", self._pack)
             geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             if add is not None:
-                y = _ops.onednn_ops()[1](x, add, packed, self.bias, *geometry, "add", None,
-                                         "relu" if relu else None, [], None)
-            else:
-                y = _ops.onednn_ops()[0](x, packed, self.bias, *geometry, "relu" if relu else "none", [], None)
+                return _ops.onednn_ops()[1](x, add, packed, self.bias, *geometry, "add", None,
+                                            "relu" if relu else None, [], None)
+            return _ops.onednn_ops()[0](x, packed, self.bias, *geometry, "relu" if relu else "none", [], None)
+        fmt = torch.channels_last if kernel == "conv2d_nhwc" else torch.contiguous_format
+        weight = self._cached(self._slot(kernel), lambda w: w.contiguous(memory_format=fmt))
+        return self._direct(x.contiguous(memory_format=fmt), weight, relu, add)
+
+    def forward(self, x, relu: bool = False, add: Optional[torch.Tensor] = None):
+        if not self._fast_path_ok(x):
+            y = self._direct(x, self.weight, relu, add)
+        else:
+            y = self._run(self._kernel_for(x, relu, add), x, relu, add)
         if self.activation is not None:
             y = self.activation(y)
         return y
 
     def cached_weight_bytes(self) -> int:
-        """Bytes of the Winograd-transformed weights cached (the packed oneDNN weight is opaque and not counted)."""
+        """Bytes of the derived weights held: Winograd-transformed weights and copies of the weight in another memory
+        format (the packed oneDNN weight is opaque and not counted)."""
         cache = self.__dict__.get(_CACHE)
-        return sum(v.nbytes for k, v in cache[1].items() if k != "onednn") if cache else 0
+        if not cache:
+            return 0
+        return sum(v.nbytes for k, v in cache[1].items()
+                   if k != "onednn" and not (isinstance(v, torch.Tensor) and v.data_ptr() == self.weight.data_ptr()))
 
     def __getstate__(self):  # packed / transformed weights are derived (the packed one opaque): rebuilt lazily
         state = self.__dict__.copy()
@@ -175,19 +224,22 @@ def _fused_replacement(module: nn.Module) -> Optional[nn.Module]:
     return None
 
 
-def fuse_onednn(model: nn.Module, winograd: bool = False) -> dict:
-    """In place: norm-free detectron2 Conv2d -> OneDNNConv2d (packed weights), then ResNet stems / blocks (the
-    plugin's and detectron2's) whose convolutions all became OneDNNConv2d -> fused forms (ReLU and shortcut
-    addition inside the convolutions). Fold the norms first (fold_batchnorm). With winograd=True, the 3x3 /
-    stride-1 float32 convolutions may run Winograd F(m, 3) where their input shape makes it pay (needs the kernels:
-    `winograd.available()`; without them a warning is logged and they stay direct). Returns the counts
-    {"convs": ..., "blocks": ..., "winograd": ...}; nothing changes where oneDNN's fused ops are missing."""
+def fuse_onednn(model: nn.Module, winograd: bool = False, kernels: str = "measure") -> dict:
+    """In place: norm-free detectron2 Conv2d -> OneDNNConv2d, then ResNet stems / blocks (the plugin's and
+    detectron2's) whose convolutions all became OneDNNConv2d -> fused forms (ReLU and shortcut addition inside the
+    convolutions). Fold the norms first (fold_batchnorm). With winograd=True, the 3x3 / stride-1 float32
+    convolutions may run Winograd F(m, 3) (needs the kernels: `winograd.available()`; without them a warning is
+    logged and they stay direct). kernels: "measure" (time the candidates per layer and input shape, cached on
+    disk) or "rules" (the fixed rule), see kernels.py. Returns the counts {"convs": ..., "blocks": ...,
+    "winograd": ...}; nothing changes where oneDNN's fused ops are missing."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"fuse_onednn takes an nn.Module, got {type(model).__name__}")
     if model.training:
         raise ValueError("fuse_onednn is for inference: the model is in training mode; call model.eval() first")
     if not isinstance(winograd, bool):
         raise ValueError(f"winograd must be True or False, got {winograd!r}")
+    if kernels not in _kernels.MODES:
+        raise ValueError(f"kernels must be one of {_kernels.MODES}, got {kernels!r}")
     counts = {"convs": 0, "blocks": 0, "winograd": 0}
     if _ops.onednn_ops() is None:
         logger.warning("oneDNN fused convolutions are not available in this torch build; model left as it is")
@@ -195,6 +247,7 @@ def fuse_onednn(model: nn.Module, winograd: bool = False) -> dict:
     for module in list(model.modules()):
         if _packable(module):
             module.__class__ = OneDNNConv2d  # a subclass adding only forward: parameters stay where they are
+            module.kernel_mode = kernels
             counts["convs"] += 1
     if winograd and _winograd.available():
         for module in model.modules():

@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import _ops
+from .cache import cache_dir, cpu_identity
 
 __all__ = ["VARIANTS", "MIN_TILES", "MIN_CHANNELS", "kernels", "available", "unavailable_reason", "build",
            "transform_weight", "WinogradWeight", "choose_variant", "conv3x3", "workspace_bytes"]
@@ -65,26 +66,12 @@ def _compiler() -> str:
     return os.environ.get("RB_CC") or os.environ.get("CC") or "cc"
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("RB_CACHE_DIR") or Path.home() / ".cache" / "resnet_backbone")
-
-
-def _cpu_identity() -> str:
-    """Model and instruction-set flags of this CPU: the library is built with -march=native, so a cache folder
-    shared by different machines (a network home) holds one build per kind of CPU."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
 def _library_path(compiler: str) -> Path:
-    what = repr((compiler, _FLAGS, _OPTIONAL_FLAGS, platform.machine(), _cpu_identity()))
+    # built with -march=native: one library per kind of CPU in a shared cache folder
+    what = repr((compiler, _FLAGS, _OPTIONAL_FLAGS, platform.machine(), cpu_identity()))
     key = hashlib.sha256(SOURCE.read_bytes() + what.encode()).hexdigest()
     suffix = ".dylib" if platform.system() == "Darwin" else ".so"
-    return _cache_dir() / f"winograd-{key[:16]}{suffix}"
+    return cache_dir() / f"winograd-{key[:16]}{suffix}"
 
 
 def build() -> Path:
