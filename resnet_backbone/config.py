@@ -40,9 +40,13 @@ def add_resnet_backbone_config(cfg):
         _c.RB_DEPLOY.CHANNELS_LAST = False
         # CPU: convolutions on pre-packed oneDNN weights, ReLU / shortcut addition fused into them (after FUSE_BN)
         _c.RB_DEPLOY.ONEDNN = False
-        # CPU, with ONEDNN: 3x3 / stride-1 convolutions through Winograd F(4x4 or 2x2, 3x3) where the feature map is
-        # large enough for it to pay (resnet_backbone/deploy/winograd.py; kernels built with the C compiler)
+        # CPU, with ONEDNN: 3x3 / stride-1 convolutions may run Winograd F(4x4 or 2x2, 3x3), where KERNELS picks it
+        # (resnet_backbone/deploy/winograd.py; kernels built with the C compiler)
         _c.RB_DEPLOY.WINOGRAD = False
+        # CPU, with ONEDNN: "measure" = each convolution times its candidate kernels (F.conv2d NCHW / NHWC, packed
+        # oneDNN, Winograd) on its first input of each shape and keeps the fastest, cached under RB_CACHE_DIR per CPU,
+        # torch version and thread count (deploy/kernels.py); "rules" = the fixed rule, nothing measured
+        _c.RB_DEPLOY.KERNELS = "measure"
         # wrap the model in torch.compile (inference; falls back to eager with a log line if compiling fails)
         _c.RB_DEPLOY.COMPILE = False
     if "RB_WEIGHTS" not in _c:
