@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
-from resnet_backbone.checkpoint.atomic import atomic_save, atomic_write_text, save_pkl
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
+from resnet_backbone.checkpoint.pkl_writer import save_pkl
 from resnet_backbone.checkpoint.safe_load import CorruptCheckpointError, UnsafeCheckpointError, load_file
+from resnet_backbone.utils.atomic import atomic_save, atomic_write_text
 
 
 def _partial_torch_save(obj, f, *args, **kwargs):

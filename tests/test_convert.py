@@ -13,11 +13,12 @@ import torch
 import torchvision
 
 from resnet_backbone.checkpoint import convert as C
-from resnet_backbone.checkpoint.atomic import atomic_save, save_pkl
+from resnet_backbone.checkpoint.pkl_writer import save_pkl
 from resnet_backbone.checkpoint.provenance import (PROVENANCE, Provenance, get_provenance, provenance_path,
                                                   read_provenance)
 from resnet_backbone.checkpoint.safe_load import load_file
 from resnet_backbone.modeling import create_model
+from resnet_backbone.utils.atomic import atomic_save
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]

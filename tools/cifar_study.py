@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from resnet_backbone.checkpoint.atomic import atomic_write_text  # noqa: E402
 from resnet_backbone.engine.cifar_study import (  # noqa: E402
     DEFAULT_DEPTHS,
     KINDS,
@@ -32,6 +31,7 @@ from resnet_backbone.engine.cifar_study import (  # noqa: E402
 )
 from resnet_backbone.engine.config_io import load_config  # noqa: E402
 from resnet_backbone.engine.launch import launch_checked  # noqa: E402
+from resnet_backbone.utils.atomic import atomic_write_text  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "cifar"
 EMBEDDED_ITERS = 30

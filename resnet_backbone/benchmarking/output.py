@@ -4,6 +4,8 @@ import math
 import os
 from typing import Iterator, List, Tuple
 
+from ..utils.atomic import atomic_write_text
+
 __all__ = ["groups", "format_table", "check_targets", "write_json", "plot_ratios"]
 
 # Issue 7's targets: (section, phase, contender, reference, what is compared, bound) on median times
@@ -110,10 +112,7 @@ def check_targets(results: dict) -> List[str]:
 
 def write_json(results: dict, path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(results, indent=1, sort_keys=False))
 
 
 def plot_ratios(results: dict, path: str):

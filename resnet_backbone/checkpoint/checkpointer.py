@@ -20,7 +20,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
-from .atomic import atomic_save, atomic_write_text
+from ..utils.atomic import atomic_save, atomic_write_text
 from .safe_load import load_file
 
 __all__ = ["LoadReport", "SafeDetectionCheckpointer", "backbone_coverage"]

@@ -23,6 +23,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..utils.atomic import atomic_write, atomic_write_text
+
 __all__ = [
     "SHAPES",
     "COLOURS",
@@ -135,10 +137,10 @@ class GeneratedClassificationSet:
     created: bool  # False when an existing set with the same parameters was found
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]):
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+def _write_file(path: Path, write: Callable) -> None:
+    """``write(f)`` into ``path`` through the atomic writer (several processes may generate the same set)."""
+    with atomic_write(path, "wb") as f:
+        write(f)
 
 
 def _write_imagenet(root: Path, names, params) -> list[str]:
@@ -148,16 +150,13 @@ def _write_imagenet(root: Path, names, params) -> list[str]:
                                        params["seed"]):
             rel = f"{split}/{names[k]}/{names[k]}_{i:05d}.png"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            _replace_atomically(root / rel, lambda p, img=img: Image.fromarray(img).save(p, format="PNG"))
+            _write_file(root / rel, lambda f, img=img: Image.fromarray(img).save(f, format="PNG"))
             files.append(rel)
     return files
 
 
-def _dump(obj) -> Callable[[Path], None]:
-    def write(path: Path):
-        with open(path, "wb") as f:
-            pickle.dump(obj, f, protocol=2)  # the protocol of the official CIFAR files
-    return write
+def _dump(obj) -> Callable:
+    return lambda f: pickle.dump(obj, f, protocol=2)  # the protocol of the official CIFAR files
 
 
 def _write_cifar(root: Path, names, params) -> list[str]:
@@ -178,14 +177,14 @@ def _write_cifar(root: Path, names, params) -> list[str]:
     files = []
     for b, chunk in enumerate(np.array_split(order, 5), start=1):
         name = f"data_batch_{b}"
-        _replace_atomically(folder / name, _dump({
+        _write_file(folder / name, _dump({
             b"batch_label": f"training batch {b} of 5".encode(), b"data": data[chunk],
             b"labels": [labels[j] for j in chunk], b"filenames": [filenames[j] for j in chunk]}))
         files.append(f"cifar-10-batches-py/{name}")
     data, labels, filenames = batch("val", params["val_per_class"])
-    _replace_atomically(folder / "test_batch", _dump({
+    _write_file(folder / "test_batch", _dump({
         b"batch_label": b"testing batch 1 of 1", b"data": data, b"labels": labels, b"filenames": filenames}))
-    _replace_atomically(folder / "batches.meta", _dump({
+    _write_file(folder / "batches.meta", _dump({
         b"label_names": [n.encode() for n in names], b"num_cases_per_batch": int(math.ceil(len(order) / 5)),
         b"num_vis": 3072}))
     return files + ["cifar-10-batches-py/test_batch", "cifar-10-batches-py/batches.meta"]
@@ -234,5 +233,5 @@ def generate_classification_set(root: str | os.PathLike, num_classes: int = 10, 
     root.mkdir(parents=True, exist_ok=True)
     files = (_write_imagenet if layout == "imagenet" else _write_cifar)(root, names, params)
     manifest = {"params": params, "classes": names, "files": files}
-    _replace_atomically(manifest_path, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return result

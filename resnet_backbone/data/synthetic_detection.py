@@ -36,7 +36,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .writers import CocoWriter, VocWriter, write_bytes_atomic
+from ..utils.atomic import atomic_write_text
+from .writers import CocoWriter, VocWriter
 
 try:  # POSIX file locks keep concurrent generators (e.g. DDP ranks) from interleaving
     import fcntl
@@ -346,7 +347,7 @@ def _write_manifest(root: str, params: dict, formats: Sequence[str], complete: b
         "class_names": list(CLASS_NAMES),
         "complete": bool(complete),
     }
-    write_bytes_atomic(_manifest_path(root), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_text(_manifest_path(root), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

@@ -8,7 +8,7 @@ A *sample* is any object with
     [x, y, w, h] of the pixels the polygon covers) and ``area`` (number of those pixels).
 The generator in :mod:`resnet_backbone.data.synthetic_detection` produces such samples.
 
-Every file is written atomically (temporary file + ``os.replace``), so a reader never sees a
+Every file is written through :mod:`resnet_backbone.utils.atomic`, so a reader never sees a
 half-written file, even when several processes generate the same dataset at once.
 """
 import io
@@ -20,22 +20,14 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["CocoWriter", "VocWriter", "encode_jpeg", "voc_annotation_xml", "write_bytes_atomic"]
+from ..utils.atomic import atomic_write_bytes
+
+__all__ = ["CocoWriter", "VocWriter", "encode_jpeg", "voc_annotation_xml"]
 
 # Quality 95 without chroma subsampling keeps the coloured shapes' edges sharp; Pillow's JPEG
 # encoder is deterministic, so the same pixels give the same bytes with the same Pillow build.
 JPEG_QUALITY = 95
 JPEG_SUBSAMPLING = 0  # 4:4:4
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = "{}.tmp{}".format(path, os.getpid())
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def encode_jpeg(image: np.ndarray) -> bytes:
@@ -84,12 +76,13 @@ class CocoWriter:
         self._images: List[Dict[str, Any]] = []
         self._annotations: List[Dict[str, Any]] = []
         os.makedirs(image_root, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(json_file)), exist_ok=True)
 
     def add(self, sample) -> None:
         """Write the sample's image and record its image entry and annotations."""
         height, width = sample.image.shape[:2]
         file_name = sample.stem + ".jpg"
-        write_bytes_atomic(os.path.join(self.image_root, file_name), encode_jpeg(sample.image))
+        atomic_write_bytes(os.path.join(self.image_root, file_name), encode_jpeg(sample.image))
         image_id = len(self._images) + 1
         self._images.append({"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)})
         for inst in sample.instances:
@@ -121,7 +114,7 @@ class CocoWriter:
     def close(self) -> None:
         """Write the json file."""
         text = json.dumps(self.to_dict(), separators=(",", ":"))
-        write_bytes_atomic(self.json_file, text.encode("utf-8"))
+        atomic_write_bytes(self.json_file, text.encode("utf-8"))
 
     def __enter__(self):
         return self
@@ -182,16 +175,16 @@ class VocWriter:
 
     def add(self, sample) -> None:
         """Write the sample's image and annotation xml."""
-        write_bytes_atomic(os.path.join(self.dirname, "JPEGImages", sample.stem + ".jpg"), encode_jpeg(sample.image))
+        atomic_write_bytes(os.path.join(self.dirname, "JPEGImages", sample.stem + ".jpg"), encode_jpeg(sample.image))
         folder = os.path.basename(os.path.normpath(self.dirname))
         xml = voc_annotation_xml(sample, self.class_names, folder=folder)
-        write_bytes_atomic(os.path.join(self.dirname, "Annotations", sample.stem + ".xml"), xml)
+        atomic_write_bytes(os.path.join(self.dirname, "Annotations", sample.stem + ".xml"), xml)
         self._stems.append(sample.stem)
 
     def close(self) -> None:
         """Write the split's image-set file."""
         text = "".join(stem + "\n" for stem in self._stems)
-        write_bytes_atomic(os.path.join(self.dirname, "ImageSets", "Main", self.split + ".txt"), text.encode("utf-8"))
+        atomic_write_bytes(os.path.join(self.dirname, "ImageSets", "Main", self.split + ".txt"), text.encode("utf-8"))
 
     def __enter__(self):
         return self

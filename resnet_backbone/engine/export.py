@@ -15,8 +15,8 @@ from typing import Mapping
 
 import torch
 
-from ..checkpoint.atomic import save_pkl
 from ..checkpoint.convert import plugin_to_detectron2
+from ..checkpoint.pkl_writer import save_pkl
 from ..checkpoint.preprocessing import write_preprocessing
 from ..data.transforms import Preprocessing
 

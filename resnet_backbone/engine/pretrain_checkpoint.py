@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 
 import numpy as np
 import torch
 
-from ..checkpoint.atomic import atomic_save, atomic_write_text
 from ..checkpoint.safe_load import load_file
+from ..utils.atomic import atomic_save, atomic_write_text, temporary_target
 
 __all__ = ["PretrainCheckpointer", "capture_rng_state", "restore_rng_state"]
 
@@ -26,10 +25,16 @@ logger = logging.getLogger(__name__)
 
 TAG_FILE = "last_checkpoint"  # detectron2's name for the tag
 FINAL_NAME = "model_final"
-_PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
-# The temporary files of resnet_backbone.checkpoint.atomic ("." + name + ".tmp-<pid>-<hex>") that a killed save
-# leaves behind.
-_TEMPORARY = re.compile(r"^\.(model_\d{7}|model_final)\.pth\.tmp-")
+
+
+def _is_periodic(name: str) -> bool:
+    """model_<7 digits>.pth: a periodic checkpoint (FINAL_NAME is never pruned)."""
+    stem = name[len("model_"):-len(".pth")]
+    return name.startswith("model_") and name.endswith(".pth") and len(stem) == 7 and stem.isdigit()
+
+
+def _is_checkpoint(name: str) -> bool:
+    return _is_periodic(name) or name == f"{FINAL_NAME}.pth"
 
 
 def capture_rng_state() -> dict:
@@ -81,7 +86,7 @@ class PretrainCheckpointer:
     def _prune(self, keep_name: str) -> None:
         if not self.keep:
             return
-        periodic = sorted(f for f in os.listdir(self.save_dir) if _PERIODIC.match(f) and f != keep_name)
+        periodic = sorted(f for f in os.listdir(self.save_dir) if _is_periodic(f) and f != keep_name)
         for old in periodic[:max(0, len(periodic) - (self.keep - 1))]:
             os.remove(os.path.join(self.save_dir, old))
 
@@ -89,7 +94,7 @@ class PretrainCheckpointer:
         """Delete checkpoint temporaries left by a killed save (call only when no other process writes here)."""
         if not os.path.isdir(self.save_dir):
             return []
-        stale = sorted(f for f in os.listdir(self.save_dir) if _TEMPORARY.match(f))
+        stale = sorted(f for f in os.listdir(self.save_dir) if _is_checkpoint(temporary_target(f) or ""))
         for name in stale:
             os.remove(os.path.join(self.save_dir, name))
             logger.info("removed %s, left by a save that did not complete", name)

@@ -21,9 +21,9 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
-from ..checkpoint.atomic import atomic_write_text
 from ..checkpoint.safe_load import load_file, state_dict_from
 from ..modeling import create_model
+from ..utils.atomic import atomic_write_text
 from .classification_eval import evaluate_classifier, recompute_bn_stats
 from .config_io import check_device
 from .export import EXPORT_NAME, export_for_detection

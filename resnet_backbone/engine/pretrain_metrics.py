@@ -13,7 +13,7 @@ import logging
 import math
 import os
 
-from ..checkpoint.atomic import atomic_write_text
+from ..utils.atomic import atomic_write_text
 
 __all__ = ["MetricsWriter", "read_metrics", "format_eta"]
 
