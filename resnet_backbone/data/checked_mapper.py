@@ -1,6 +1,7 @@
 """detectron2's DatasetMapper with a clear error naming an unreadable image (or skip-with-warning, if asked)."""
 import logging
 
+from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 
 logger = logging.getLogger(__name__)
@@ -12,11 +13,19 @@ class UnreadableImageError(RuntimeError):
 
 class CheckedDatasetMapper(DatasetMapper):
     """Reading or decoding an image fails with UnreadableImageError naming the file. With `skip_unreadable=True`
-    the sample is skipped with a warning naming the file (detectron2's MapDataset then draws another one)."""
+    the sample is skipped with a warning naming the file (detectron2's MapDataset then draws another one).
 
-    def __init__(self, cfg, is_train=True, skip_unreadable=False):
-        super().__init__(cfg, is_train=is_train)
+    Built like detectron2's DatasetMapper: from a cfg (`CheckedDatasetMapper(cfg, is_train, skip_unreadable)`) or
+    from its keyword arguments (is_train, augmentations, image_format, ...; LazyConfig) plus `skip_unreadable`."""
+
+    @configurable
+    def __init__(self, *, skip_unreadable=False, **kwargs):
+        super().__init__(**kwargs)
         self.skip_unreadable = skip_unreadable
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True, skip_unreadable=False):
+        return dict(super().from_config(cfg, is_train), skip_unreadable=skip_unreadable)
 
     def __call__(self, dataset_dict):
         try:
