@@ -18,7 +18,8 @@ from .init import init_conv, init_linear
 from .norms import get_norm
 from .options import NORM_OPTIONS, SHORTCUT_OPTIONS, check_choice, check_int, check_rate
 
-__all__ = ["IMAGENET_DEPTHS", "ResNet", "cifar_depth_to_n", "resnet_stage_specs", "make_stage"]
+__all__ = ["IMAGENET_DEPTHS", "ResNet", "STAGE_OPTIONS", "cifar_depth_to_n", "make_stage", "resnet_stage_specs",
+           "stage_options", "stage_out_channels"]
 
 # paper Table 1: depth -> (block, blocks per stage conv2_x..conv5_x)
 IMAGENET_DEPTHS = {
@@ -34,9 +35,9 @@ VARIANTS = ("imagenet", "cifar")
 
 
 def cifar_depth_to_n(depth: int) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...), "
-                         f"got {depth!r}")
+    allowed = "6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...)"
+    if (check_int(f"CIFAR ResNet depth ({allowed})", depth, 8) - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be {allowed}, got {depth!r}")
     return (depth - 2) // 6
 
 
@@ -81,6 +82,17 @@ class CifarStem(CNNBlockBase):
         return F.relu_(self.conv1(x))
 
 
+# The ResNet keyword arguments that decide its stages (those of resnet_stage_specs); the others (shortcut, norm,
+# stride_in_1x1, zero_init_last, ...) configure the blocks inside them.
+STAGE_OPTIONS = ("depth", "variant", "num_groups", "width_per_group", "stem_out_channels", "res5_dilation",
+                 "drop_path_rate")
+
+
+def stage_options(options) -> dict:
+    """The stage-deciding part of a dict of ResNet keyword arguments: ``resnet_stage_specs(**stage_options(o))``."""
+    return {k: options[k] for k in STAGE_OPTIONS if k in options}
+
+
 def resnet_stage_specs(depth, *, variant="imagenet", num_groups=1, width_per_group=64, stem_out_channels=None,
                        res5_dilation=1, drop_path_rate=0.0) -> List[StageSpec]:
     """The stages of a ResNet as data (names, widths, strides, per-block drop-path rates)."""
@@ -121,6 +133,13 @@ def resnet_stage_specs(depth, *, variant="imagenet", num_groups=1, width_per_gro
                                tuple(rates[k:k + count])))
         in_c, k = outs[i], k + count
     return specs
+
+
+def stage_out_channels(depth, stage, *, variant="imagenet") -> int:
+    """Output channels of one stage ("res2" ... "res5") of a ResNet; LazyConfigs size their heads with it."""
+    by_name = {s.name: s.out_channels for s in resnet_stage_specs(depth, variant=variant)}
+    check_choice("stage", stage, tuple(by_name))
+    return by_name[stage]
 
 
 def make_stage(spec: StageSpec, *, norm="BN", shortcut="B", stride_in_1x1=True, num_groups=1,
@@ -188,8 +207,7 @@ class ResNet(ClassifierBackbone):
         for f in out_features:
             check_choice("output feature", f, tuple(names))
         max_freeze = len(names)
-        if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or not 0 <= freeze_at <= max_freeze:
-            raise ValueError(f"freeze_at must be an integer in [0, {max_freeze}], got {freeze_at!r}")
+        check_int("freeze_at", freeze_at, 0, max_freeze)
 
         self.depth, self.variant, self.shortcut = depth, variant, shortcut
         self.num_classes = num_classes
