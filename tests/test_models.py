@@ -180,3 +180,22 @@ def test_bad_options_raise_value_error_naming_the_value(build, bad):
     with pytest.raises(ValueError) as info:
         build()
     assert bad in str(info.value)
+
+
+def test_validators_keep_bools_and_numbers_apart():
+    import numpy as np
+
+    from resnet_backbone.modeling.options import check_choice, check_int, check_rate
+
+    for call in (lambda: check_choice("stride_in_1x1", 1, (True, False)),  # 1 == True in Python
+                 lambda: check_choice("res5_dilation", True, (1, 2)),
+                 lambda: check_int("depth", True, 1),
+                 lambda: check_rate("drop_path_rate", False),
+                 lambda: create_model("resnet18", stride_in_1x1=1)):
+        with pytest.raises(ValueError):
+            call()
+    assert check_choice("channels_last", "auto", (True, False, "auto")) == "auto"
+    seed = check_int("seed", np.int64(3), 0)
+    assert seed == 3 and type(seed) is int
+    with pytest.raises(ValueError, match=r"freeze_at must be an integer in \[0, 5\], got 6"):
+        check_int("freeze_at", 6, 0, 5)

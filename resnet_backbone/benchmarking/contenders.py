@@ -23,6 +23,7 @@ from ..deploy.layout import channels_last_helps
 from ..d2 import backbones as _backbones  # noqa: F401  registers the plugin's backbones
 from ..d2 import roi_heads as _roi_heads  # noqa: F401  registers the plugin's ROI heads
 from ..data.synthetic_detection import generate_sample
+from ..modeling.options import check_int
 from ..modeling.resnet import ResNet
 
 __all__ = ["BACKBONE_NORMS", "plugin_backbone", "detectron2_backbone", "torchvision_trunk", "backbone_contenders",
@@ -38,8 +39,7 @@ def _check_backbone_args(depth, norm, freeze_at):
                          f"got {depth!r}")
     if norm not in BACKBONE_NORMS:
         raise ValueError(f"backbone norm must be one of {BACKBONE_NORMS}, got {norm!r}")
-    if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or not 0 <= freeze_at <= 5:
-        raise ValueError(f"freeze_at must be an integer in [0, 5], got {freeze_at!r}")
+    check_int("freeze_at", freeze_at, 0, 5)
 
 
 def plugin_backbone(depth: int, norm: str, freeze_at: int, channels_last: bool = False) -> ResNet:

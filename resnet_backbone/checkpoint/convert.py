@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..d2.weights import DETECTOR_LAYOUTS, map_classifier_to_detector
+from ..modeling.options import check_rate
 from ..modeling.vgg import VGG16_LAYERS
 from .safe_load import load_file, state_dict_from
 
@@ -312,9 +313,7 @@ _plugin_module_to_msra = _module_renamer(
 
 def _eps_for(eps: Eps, norm_module: str) -> float:
     value = eps.get(norm_module, DEFAULT_BN_EPS) if isinstance(eps, Mapping) else eps
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"BatchNorm eps for {norm_module!r} must be a number >= 0, got {value!r}")
-    return float(value)
+    return check_rate(f"BatchNorm eps for {norm_module!r}", value)
 
 
 def msra_to_plugin(state_dict: Mapping[str, Any], *, eps: Eps = DEFAULT_BN_EPS, target: Target = None

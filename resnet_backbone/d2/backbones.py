@@ -15,7 +15,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
 from ..deploy.layout import channels_last_helps
-from ..modeling.resnet import ResNet, resnet_stage_specs
+from ..modeling.options import check_choice
+from ..modeling.resnet import ResNet, resnet_stage_specs, stage_options
 from ..modeling.vgg import VGG
 from .registry import register_once
 
@@ -52,10 +53,7 @@ def resnet_options_from_cfg(cfg) -> dict:
         drop_path_rate=rb.DROP_PATH_RATE,
         zero_init_last=rb.ZERO_INIT_LAST,
     )
-    specs = resnet_stage_specs(options["depth"], variant=options["variant"], num_groups=options["num_groups"],
-                               width_per_group=options["width_per_group"],
-                               stem_out_channels=options["stem_out_channels"],
-                               res5_dilation=options["res5_dilation"], drop_path_rate=options["drop_path_rate"])
+    specs = resnet_stage_specs(**stage_options(options))
     # detectron2's meaning of RES2_OUT_CHANNELS: the width of res2's output (64 basic, 256 bottleneck, 16 CIFAR);
     # the depth fixes it here, so a different value is a contradiction, not an option
     if r.RES2_OUT_CHANNELS != specs[0].out_channels:
@@ -80,12 +78,9 @@ def build_rb_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
 def channels_last_from_cfg(cfg) -> bool:
     """MODEL.RB_RESNET.CHANNELS_LAST: True, False, or "auto" = the deploy path's rule for MODEL.DEVICE
     (`channels_last_helps`: on for CPUs with oneDNN, where it was measured faster; not measured on GPUs, so off)."""
-    value = cfg.MODEL.RB_RESNET.get("CHANNELS_LAST", "auto")
-    if isinstance(value, bool):
-        return value
-    if value != "auto":
-        raise ValueError(f"MODEL.RB_RESNET.CHANNELS_LAST must be True, False or 'auto', got {value!r}")
-    return channels_last_helps(cfg.MODEL.DEVICE)
+    value = check_choice("MODEL.RB_RESNET.CHANNELS_LAST", cfg.MODEL.RB_RESNET.get("CHANNELS_LAST", "auto"),
+                         (True, False, "auto"))
+    return channels_last_helps(cfg.MODEL.DEVICE) if value == "auto" else value
 
 
 def _fpn_bottom_up(cfg, input_shape):

@@ -24,30 +24,27 @@ from .registry import register_once
 __all__ = ["RBRes5ROIHeads", "RBVGG16FCHead", "build_res5_head_stage", "res5_head_stage"]
 
 
-def res5_head_stage(depth=101, *, variant="imagenet", shortcut="B", norm="BN", stride_in_1x1=True, num_groups=1,
-                    width_per_group=64, stem_out_channels=None, drop_path_rate=0.0,
-                    zero_init_last=False) -> nn.Sequential:
-    """The C4 head's conv5_x from the backbone's ResNet options (keyword arguments of `ResNet`): the plugin's res5,
-    first block stride 2. For LazyConfig (`res5=L(res5_head_stage)(depth=101, norm="FrozenBN")`) and
-    `build_res5_head_stage`."""
-    specs = resnet_stage_specs(depth, variant=variant, num_groups=num_groups, width_per_group=width_per_group,
-                               stem_out_channels=stem_out_channels, drop_path_rate=drop_path_rate)
+def res5_head_stage(depth=101, *, shortcut="B", norm="BN", stride_in_1x1=True, num_groups=1, zero_init_last=False,
+                    **stages) -> nn.Sequential:
+    """The C4 head's conv5_x from the backbone's ResNet options (keyword arguments of `ResNet`; ``stages``: variant,
+    width_per_group, stem_out_channels, drop_path_rate, res5_dilation (1 only), as for `resnet_stage_specs`): the
+    plugin's res5, first block stride 2. For LazyConfig (`res5=L(res5_head_stage)(depth=101, norm="FrozenBN")`) and `build_res5_head_stage`."""
+    if stages.get("res5_dilation", 1) != 1:
+        # the head runs on RoI-pooled maps; dilation is a backbone option (DC5), stride 2 is the paper's head
+        raise ValueError(f"res5_dilation={stages['res5_dilation']} (MODEL.RESNETS.RES5_DILATION) cannot be used with "
+                         "the C4 head (its res5 downsamples the pooled RoI by 2, paper Appendix A); allowed: 1")
+    specs = resnet_stage_specs(depth, num_groups=num_groups, **stages)
     by_name = {s.name: s for s in specs}
     if "res5" not in by_name:
-        raise ValueError(f"the C4 head needs a res5 stage; a {variant} ResNet has only {', '.join(by_name)} "
-                         "(use variant 'imagenet', MODEL.RB_RESNET.VARIANT 'imagenet')")
+        raise ValueError(f"the C4 head needs a res5 stage; a {stages.get('variant')} ResNet has only "
+                         f"{', '.join(by_name)} (use variant 'imagenet', MODEL.RB_RESNET.VARIANT 'imagenet')")
     return make_stage(by_name["res5"], norm=norm, shortcut=shortcut, stride_in_1x1=stride_in_1x1,
                       num_groups=num_groups, zero_init_last=zero_init_last)
 
 
 def build_res5_head_stage(cfg) -> nn.Sequential:
     """The C4 head's conv5_x: the plugin's res5 for the ResNet described by cfg, first block stride 2."""
-    options = resnet_options_from_cfg(cfg)
-    if options.pop("res5_dilation") != 1:
-        # the head runs on RoI-pooled maps; dilation is a backbone option (DC5), stride 2 is the paper's head
-        raise ValueError(f"MODEL.RESNETS.RES5_DILATION={cfg.MODEL.RESNETS.RES5_DILATION} cannot be used with the C4 "
-                         "head (its res5 downsamples the pooled RoI by 2, paper Appendix A); allowed: 1")
-    return res5_head_stage(**options)
+    return res5_head_stage(**resnet_options_from_cfg(cfg))
 
 
 class RBRes5ROIHeads(Res5ROIHeads):

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint.safe_load import UnsafeCheckpointError, restricted_load
+from ..modeling.options import check_choice, check_int
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -207,10 +208,8 @@ class CIFAR10Dataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None, *,
                  val_size: int = 0, split_seed: int = 0):
-        if split not in self.SPLITS:
-            raise ValueError(f"CIFAR split must be one of {self.SPLITS}, got {split!r}")
-        if not isinstance(val_size, int) or val_size < 0:
-            raise ValueError(f"val_size must be an int >= 0, got {val_size!r}")
+        check_choice("CIFAR split", split, self.SPLITS)
+        val_size = check_int("val_size", val_size, 0)
         if split == "val" and val_size == 0:
             raise ValueError("split='val' needs val_size > 0 (the paper holds out 5000 training images)")
         root = Path(root)
@@ -267,10 +266,8 @@ def build_classification_loader(dataset: Dataset, batch_size: int, *, train: boo
         so a run is repeatable.
     pin_memory: defaults to whether CUDA is available. persistent_workers: defaults to ``num_workers > 0``.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    check_int("batch_size", batch_size, 1)
+    check_int("num_workers", num_workers, 0)
     drop_last = train if drop_last is None else drop_last
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..modeling.options import check_choice, check_int
 from ..utils.atomic import atomic_write, atomic_write_text
 
 __all__ = [
@@ -80,8 +81,7 @@ def class_names(num_classes: int) -> list[str]:
 
 
 def _check_num_classes(num_classes):
-    if not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"num_classes must be an int in [2, {MAX_CLASSES}], got {num_classes!r}")
+    check_int("num_classes", num_classes, 2, MAX_CLASSES)
 
 
 def render_image(class_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -200,19 +200,14 @@ def generate_classification_set(root: str | os.PathLike, num_classes: int = 10, 
         near-equal parts), test_batch (the val images) and batches.meta; image_size must be 32 (the default).
     The manifest is ``root/manifest_<layout>.json``; both layouts can share a root.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    check_choice("layout", layout, LAYOUTS)
     _check_num_classes(num_classes)
-    image_size = _DEFAULT_SIZE[layout] if image_size is None else image_size
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+    image_size = check_int("image_size", _DEFAULT_SIZE[layout] if image_size is None else image_size, 8)
     if layout == "cifar" and image_size != 32:
         raise ValueError(f"the CIFAR layout stores 32x32 images, got image_size={image_size}")
-    for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_int("train_per_class", train_per_class, 1)
+    check_int("val_per_class", val_per_class, 1)
+    check_int("seed", seed, 0)
 
     root = Path(root)
     manifest_path = root / f"manifest_{layout}.json"

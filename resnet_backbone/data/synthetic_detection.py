@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..modeling.options import check_choice, check_int
 from ..utils.atomic import atomic_write_text
 from .writers import CocoWriter, VocWriter
 
@@ -227,15 +228,11 @@ def _check_image_size(image_size) -> Tuple[int, int]:
 
 
 def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError("split must be one of {}, got {!r}".format(SPLITS, split))
-    return split
+    return check_choice("split", split, SPLITS)
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError("seed must be an integer in [0, 2**32), got {!r}".format(seed))
-    return int(seed)
+    return check_int("seed", seed, 0, 2**32 - 1)  # numpy's RandomState seeds are 32-bit
 
 
 def _place_instance(rng, height, width, occupied):
@@ -276,9 +273,8 @@ def generate_sample(split: str, index: int, image_size=DEFAULT_IMAGE_SIZE, seed:
     _check_split(split)
     height, width = _check_image_size(image_size)
     seed = _check_seed(seed)
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < 2**32:
-        raise ValueError("index must be an integer in [0, 2**32), got {!r}".format(index))
-    rng = np.random.RandomState([seed, _SPLIT_SEED_IDS[split], int(index)])
+    index = check_int("index", index, 0, 2**32 - 1)
+    rng = np.random.RandomState([seed, _SPLIT_SEED_IDS[split], index])
 
     image = BACKGROUNDS[rng.randint(len(BACKGROUNDS))](rng, height, width)
     occupied = np.zeros((height, width), dtype=bool)
@@ -384,12 +380,6 @@ def _check_formats(formats) -> Tuple[str, ...]:
     return formats
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError("{} must be an integer >= {}, got {!r}".format(name, minimum, value))
-    return int(value)
-
-
 def generate_dataset(
     root: str,
     num_train: int = DEFAULT_NUM_TRAIN,
@@ -410,8 +400,8 @@ def generate_dataset(
     # array (that cannot be iterated) for a one-line file: VOC splits need >= 2 images.
     minimum = 2 if "voc" in formats else 1
     params = {
-        "num_train": _check_count("num_train", num_train, minimum),
-        "num_val": _check_count("num_val", num_val, minimum),
+        "num_train": check_int("num_train", num_train, minimum),
+        "num_val": check_int("num_val", num_val, minimum),
         "image_size": list(_check_image_size(image_size)),
         "seed": _check_seed(seed),
         "generator_version": GENERATOR_VERSION,

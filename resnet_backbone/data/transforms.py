@@ -25,6 +25,8 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
 
+from ..modeling.options import check_int
+
 __all__ = [
     "Preprocessing",
     "IMAGENET_PAPER",
@@ -242,8 +244,7 @@ class TenCrop:
 
 def _check_sizes(**sizes):
     for name, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value, 1)
 
 
 def imagenet_train_transform(preprocessing: Preprocessing = IMAGENET_PAPER, *, scale: tuple[int, int] = (256, 480),

@@ -31,6 +31,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..modeling.options import check_choice
 from . import kernels as _kernels, winograd  # the submodule stays reachable as deploy.kernels
 from .compile import compile_model
 from .fold import fold_batchnorm
@@ -54,11 +55,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_choice(name, value, choices):
-    if not isinstance(value, (bool, str)) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_last: Union[bool, str] = "auto",
                           onednn: Union[bool, str] = "auto", winograd: Union[bool, str] = "auto",
                           kernels: str = "measure", compile: bool = False,
@@ -76,13 +72,12 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
         deploy/kernels.py.
     Modifies the model in place (except compile, which wraps it); use the returned module.
     """
-    _check_choice("channels_last", channels_last, _AUTO_CHOICES)
-    _check_choice("onednn", onednn, _AUTO_CHOICES)
-    _check_choice("winograd", winograd, _AUTO_CHOICES)
-    _check_choice("kernels", kernels, _kernels.MODES)
-    for name, value in (("fuse_bn", fuse_bn), ("compile", compile)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
+    check_choice("channels_last", channels_last, _AUTO_CHOICES)
+    check_choice("onednn", onednn, _AUTO_CHOICES)
+    check_choice("winograd", winograd, _AUTO_CHOICES)
+    check_choice("kernels", kernels, _kernels.MODES)
+    check_choice("fuse_bn", fuse_bn, (True, False))
+    check_choice("compile", compile, (True, False))
     model.eval()
     model.requires_grad_(False)  # inference: no autograd state, and the fused oneDNN kernels apply in any context
     device = _device_of(model)
@@ -119,11 +114,8 @@ def apply_deploy_config(cfg, model: nn.Module) -> nn.Module:
     options = {"fuse_bn": d.FUSE_BN, "onednn": d.get("ONEDNN", False), "winograd": d.get("WINOGRAD", False),
                "channels_last": d.CHANNELS_LAST, "compile": d.get("COMPILE", False)}
     for key, value in options.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"MODEL.RB_DEPLOY.{key.upper()} must be True or False, got {value!r}")
+        check_choice(f"MODEL.RB_DEPLOY.{key.upper()}", value, (True, False))
     if not any(options.values()):
         return model
-    kernels = d.get("KERNELS", "measure")
-    if kernels not in _kernels.MODES:
-        raise ValueError(f"MODEL.RB_DEPLOY.KERNELS must be one of {_kernels.MODES}, got {kernels!r}")
+    kernels = check_choice("MODEL.RB_DEPLOY.KERNELS", d.get("KERNELS", "measure"), _kernels.MODES)
     return prepare_for_inference(model, kernels=kernels, **options)

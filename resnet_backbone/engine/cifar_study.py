@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from .. import paper_tables
+from ..modeling.options import check_choice
 from ..report import count_parameters
 from .config_io import load_config
 from .pretrain import run_pretraining
@@ -48,8 +49,7 @@ class StudyRun:
 
 def study_config(config_dir: str, kind: str, depth: int, opts=()):
     """The config of one network: its leaf YAML if there is one, else the CIFAR base with PRETRAIN.MODEL set."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_choice("kind", kind, KINDS)
     leaf = os.path.join(config_dir, f"{kind}{depth}.yaml")
     if os.path.isfile(leaf):
         return load_config(leaf, list(opts))

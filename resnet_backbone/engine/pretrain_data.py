@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from ..data.classification import CIFAR10Dataset, ImageNetFolder, build_classification_loader
 from ..data.register import default_root
 from ..data.synthetic_classification import generate_classification_set
+from ..modeling.options import check_int
 from ..data.transforms import (
     Preprocessing,
     cifar_eval_transform,
@@ -205,9 +206,7 @@ def build_train_loader(cfg, dataset: Dataset, *, seed: int, start_iter: int, max
     batch_size = batch_size or cfg.PRETRAIN.SOLVER.IMS_PER_BATCH
     sampler = IterationBatchSampler(len(dataset), batch_size, seed=seed, start_iter=start_iter, max_iter=max_iter,
                                     rank=comm.get_rank(), world_size=comm.get_world_size())
-    workers = cfg.PRETRAIN.NUM_WORKERS
-    if not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"PRETRAIN.NUM_WORKERS must be an int >= 0, got {workers!r}")
+    workers = check_int("PRETRAIN.NUM_WORKERS", cfg.PRETRAIN.NUM_WORKERS, 0)
     # build_classification_loader takes no batch sampler: the loader is built here with the same defaults.
     # A generator of its own: creating the iterator draws a base seed, which must not advance the global stream
     # (a resumed run creates its iterator at another point of that stream).

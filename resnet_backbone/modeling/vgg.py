@@ -48,8 +48,7 @@ class VGG(ClassifierBackbone):
         out_features = list(out_features) if out_features is not None else ([] if num_classes else [names[-1]])
         for f in out_features:
             check_choice("VGG output feature", f, tuple(names))
-        if isinstance(freeze_at, bool) or not isinstance(freeze_at, int) or not 0 <= freeze_at <= len(layers):
-            raise ValueError(f"VGG freeze_at must be an integer in [0, {len(layers)}] (conv blocks), got {freeze_at!r}")
+        check_int("VGG freeze_at (conv blocks)", freeze_at, 0, len(layers))
         dropout = check_rate("dropout", dropout)
         self._out_features = out_features
         self._out_feature_channels, self._out_feature_strides = {}, {}
