@@ -49,6 +49,9 @@ def add_resnet_backbone_config(cfg):
         _c.RB_DEPLOY.KERNELS = "measure"
         # wrap the model in torch.compile (inference; falls back to eager with a log line if compiling fails)
         _c.RB_DEPLOY.COMPILE = False
+        # "float32", or "float16" / "bfloat16": inference under torch.autocast on MODEL.DEVICE, outputs float32 (the
+        # accuracy of that precision, ~1e-2 relative; float16 on CUDA, bfloat16 on CUDA GPUs that have it and on CPU)
+        _c.RB_DEPLOY.PRECISION = "float32"
     if "RB_WEIGHTS" not in _c:
         _c.RB_WEIGHTS = CN()
         # allow MODEL.WEIGHTS to leave more than half of the backbone uninitialised (otherwise the load is refused)

@@ -19,6 +19,8 @@ what tests/test_deploy.py and tests/test_winograd.py check):
 * `to_channels_last` (layout.py): 4-d weights in NHWC order and a pre-hook converting the inputs of the model and
   of every detectron2 Backbone in it, so oneDNN (CPU) / cuDNN run NHWC kernels without reorders.
 * `compile_model` (compile.py): `torch.compile`, falling back to eager with a log line when it fails.
+* `run_in_precision` (precision.py): the forward under autocast float16 / bfloat16, outputs float32 (opt-in; the
+  accuracy of that precision, about 1e-2 relative, not 1e-4).
 
 `prepare_for_inference(model, ...)` applies them in that order; `apply_deploy_config(cfg, model)` does the same
 from `cfg.MODEL.RB_DEPLOY.*` and is meant to be called after the weights are loaded (eval-only / inference).
@@ -37,10 +39,11 @@ from .compile import compile_model
 from .fold import fold_batchnorm
 from .layout import channels_last_helps, to_channels_last
 from .onednn import OneDNNConv2d, fuse_onednn, onednn_available
+from .precision import PRECISIONS, precision_supported, run_in_precision
 
 __all__ = ["fold_batchnorm", "fuse_onednn", "onednn_available", "OneDNNConv2d", "to_channels_last",
            "channels_last_helps", "compile_model", "prepare_for_inference", "apply_deploy_config", "winograd",
-           "kernels"]
+           "kernels", "PRECISIONS", "precision_supported", "run_in_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_last: Union[bool, str] = "auto",
                           onednn: Union[bool, str] = "auto", winograd: Union[bool, str] = "auto",
                           kernels: str = "measure", compile: bool = False,
-                          compile_kwargs: Optional[dict] = None) -> nn.Module:
+                          compile_kwargs: Optional[dict] = None, precision: str = "float32") -> nn.Module:
     """Put `model` in eval mode, without gradients, and apply the deploy path: BN folding, oneDNN fusion (with
     Winograd 3x3 convolutions), channels-last, torch.compile.
 
@@ -70,6 +73,8 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
     kernels: "measure" (each oneDNN-path convolution times its candidate kernels on its first input of each shape
         and keeps the fastest; cached on disk under RB_CACHE_DIR) or "rules" (the fixed rule, no measuring); see
         deploy/kernels.py.
+    precision: "float32", or "float16" / "bfloat16": every call under torch.autocast on the model's device, outputs
+        float32 (see precision.py; on CPU the convolutions then run through F.conv2d, which autocast casts).
     Modifies the model in place (except compile, which wraps it); use the returned module.
     """
     check_choice("channels_last", channels_last, _AUTO_CHOICES)
@@ -78,6 +83,7 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
     check_choice("kernels", kernels, _kernels.MODES)
     check_choice("fuse_bn", fuse_bn, (True, False))
     check_choice("compile", compile, (True, False))
+    check_choice("precision", str(precision).replace("torch.", ""), PRECISIONS)
     model.eval()
     model.requires_grad_(False)  # inference: no autograd state, and the fused oneDNN kernels apply in any context
     device = _device_of(model)
@@ -102,20 +108,22 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
         to_channels_last(model)
     if compile:
         model = compile_model(model, **(compile_kwargs or {}))
-    return model
+    # outermost, so that a compiled model is traced (and guarded) under the autocast state of its calls
+    return run_in_precision(model, precision, device)
 
 
 def apply_deploy_config(cfg, model: nn.Module) -> nn.Module:
     """`prepare_for_inference` with cfg.MODEL.RB_DEPLOY.{FUSE_BN, ONEDNN, WINOGRAD, KERNELS, CHANNELS_LAST,
-    COMPILE}; call it after the weights are loaded, for evaluation / inference only (e.g. in train_net's eval-only
-    branch, after DetectionCheckpointer(...).resume_or_load). With all the True / False keys off the model is
-    returned untouched (not even put in eval mode). Use the returned module: torch.compile wraps the model."""
+    COMPILE, PRECISION}; call it after the weights are loaded, for evaluation / inference only (e.g. in train_net's eval-only
+    branch, after DetectionCheckpointer(...).resume_or_load). With the True / False keys all off and PRECISION float32
+    the model is returned untouched (not even put in eval mode). Use the returned module: torch.compile wraps the model."""
     d = cfg.MODEL.RB_DEPLOY
     options = {"fuse_bn": d.FUSE_BN, "onednn": d.get("ONEDNN", False), "winograd": d.get("WINOGRAD", False),
                "channels_last": d.CHANNELS_LAST, "compile": d.get("COMPILE", False)}
     for key, value in options.items():
         check_choice(f"MODEL.RB_DEPLOY.{key.upper()}", value, (True, False))
-    if not any(options.values()):
-        return model
     kernels = check_choice("MODEL.RB_DEPLOY.KERNELS", d.get("KERNELS", "measure"), _kernels.MODES)
-    return prepare_for_inference(model, kernels=kernels, **options)
+    precision = check_choice("MODEL.RB_DEPLOY.PRECISION", d.get("PRECISION", "float32"), PRECISIONS)
+    if not any(options.values()) and precision == "float32":
+        return model
+    return prepare_for_inference(model, kernels=kernels, precision=precision, **options)

@@ -10,7 +10,10 @@ __all__ = ["channels_last_helps", "to_channels_last"]
 
 def channels_last_helps(device: Union[str, torch.device]) -> bool:
     """The "auto" choice: channels-last on CPUs with oneDNN, where NHWC convolutions avoid reorders (measured with
-    tools/benchmark.py); elsewhere off, as it was not measured there (pass channels_last=True to force it)."""
+    tools/benchmark.py). Off elsewhere: on CUDA whether NHWC pays depends on the GPU, the cuDNN version and the
+    precision (tensor cores favour it in float16 / bfloat16), and no GPU measurement backs a rule yet;
+    `tools/benchmark.py --device cuda` measures it (its "-channels-last" contenders), and channels_last=True forces
+    it."""
     return torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
 
 

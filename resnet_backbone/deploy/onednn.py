@@ -32,6 +32,13 @@ def onednn_available(device: Union[str, torch.device] = "cpu") -> bool:
     return torch.device(device).type == "cpu" and _ops.onednn_ops() is not None
 
 
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
+
+
 _CACHE = "_rb_weight_cache"
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -55,6 +62,8 @@ class OneDNNConv2d(Conv2d):
     def _fast_path_ok(self, x) -> bool:
         if (x.device.type != "cpu" or x.dim() != 4 or x.numel() == 0 or x.dtype != self.weight.dtype
                 or x.dtype not in _ONEDNN_DTYPES or (self.bias is not None and self.bias.dtype != x.dtype)):
+            return False
+        if _autocast_on_cpu():  # autocast does not cast the fused ops: F.conv2d, which it does
             return False
         # the fused ops are for inference: autograd goes through F.conv2d
         return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))

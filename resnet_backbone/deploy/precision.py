@@ -1,0 +1,152 @@
+"""Reduced precision: a model's forward under `torch.autocast` (float16 / bfloat16); for inference with float32
+outputs (`run_in_precision`), for a training step's forward only (`autocast_forward`).
+
+Autocast is what detectron2 documents for mixed-precision inference ("run inference under autocast()"): convolutions
+and matrix products run in the low precision, while the ops autocast keeps in float32 (losses, softmax, RoIAlign,
+NMS, box decoding) stay there, so a detector's boxes keep float32 coordinates. Weights stay float32 (autocast casts
+them per call). Outputs are returned as float32, so code after the model sees the types it expects. Accuracy is
+that of the low precision (about 1e-2 relative on a ResNet's features), not the 1e-4 of the float32 deploy path.
+"""
+import contextlib
+import threading
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+__all__ = ["PRECISIONS", "precision_dtype", "precision_supported", "run_in_precision", "autocast_forward"]
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+_state = threading.local()
+
+
+def precision_dtype(precision: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+    """torch dtype of a precision name ("float32" / None -> None: no autocast); ValueError naming the allowed ones."""
+    if isinstance(precision, torch.dtype):
+        precision = str(precision).replace("torch.", "")
+    if precision is None or precision == "float32":
+        return None
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return getattr(torch, precision)
+
+
+def precision_supported(device: Union[str, torch.device], precision: Union[str, torch.dtype, None]) -> bool:
+    """Whether autocast runs `precision` on `device`: float16 on CUDA; bfloat16 on CUDA where the GPU has it and on
+    CPU (fast where the CPU has bfloat16 instructions: AVX512-BF16 / AMX)."""
+    dtype = precision_dtype(precision)
+    device = torch.device(device)
+    if dtype is None:
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (dtype == torch.float16 or torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and dtype == torch.bfloat16
+
+
+def _to_float32(obj):
+    """Floating tensors (also inside dicts, lists, tuples, detectron2 Instances / Boxes) as float32."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() and obj.dtype != torch.float32 else obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_float32(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        return type(obj)(_to_float32(v) for v in obj)
+    if hasattr(obj, "get_fields") and hasattr(obj, "set"):  # detectron2 Instances
+        for name, value in list(obj.get_fields().items()):
+            obj.set(name, _to_float32(value))
+        return obj
+    if hasattr(obj, "tensor") and isinstance(getattr(obj, "tensor"), torch.Tensor):  # detectron2 Boxes and kin
+        obj.tensor = _to_float32(obj.tensor)
+        return obj
+    return obj
+
+
+def _stack() -> list:
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+def _autocast_hooks(device_type: str, dtype: torch.dtype, cast_outputs: bool):
+    """(pre-hook, hook) entering autocast before the module's forward and leaving it after (also when the forward
+    raises); they close over the device type and dtype only, so deep copies of the module share them safely."""
+
+    def enter(_module, _args):
+        ctx = torch.autocast(device_type=device_type, dtype=dtype)
+        ctx.__enter__()
+        _stack().append(ctx)
+
+    def leave(_module, _args, output):
+        _stack().pop().__exit__(None, None, None)
+        return _to_float32(output) if cast_outputs else None
+
+    return enter, leave
+
+
+_roi_pool_lib = []
+
+
+def _roi_pool_under_cpu_autocast():
+    """torchvision registers a CUDA autocast rule for roi_pool (run it in float32, return the input's dtype) but no
+    CPU one, so under CPU autocast the paper's RoI pooling (ROIPool, the C4 configs' pooler) fails on bfloat16
+    features with float32 boxes. Register the same rule for CPU, once, unless torchvision has one."""
+    import torchvision  # noqa: F401  defines torchvision::roi_pool
+
+    if _roi_pool_lib or torch._C._dispatch_has_kernel_for_dispatch_key("torchvision::roi_pool", "AutocastCPU"):
+        return
+    lib = torch.library.Library("torchvision", "IMPL")
+
+    def roi_pool_float32(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        with torch.autocast("cpu", enabled=False):
+            out, argmax = torch.ops.torchvision.roi_pool(input.float(), rois.float(), spatial_scale, pooled_height,
+                                                         pooled_width)
+        return out.to(input.dtype), argmax
+
+    lib.impl("roi_pool", roi_pool_float32, "AutocastCPU")
+    _roi_pool_lib.append(lib)  # the registration lives as long as the Library object
+
+
+def _checked(device, precision):
+    dtype = precision_dtype(precision)
+    device = torch.device(device)
+    if dtype is not None and not precision_supported(device, dtype):
+        raise ValueError(f"precision {str(dtype).replace('torch.', '')} is not supported on {device} (supported: "
+                         f"{[p for p in PRECISIONS[1:] if precision_supported(device, p)] or 'none'})")
+    if dtype is not None and device.type == "cpu":
+        _roi_pool_under_cpu_autocast()
+    return device, dtype
+
+
+@contextlib.contextmanager
+def autocast_forward(model: nn.Module, device: Union[str, torch.device], precision: Union[str, torch.dtype, None]):
+    """Within the block, each call of `model` runs its forward under autocast(device, precision) and nothing else
+    does: a training step's backward and optimizer step stay outside it, as torch.autocast's documentation asks.
+    Outputs keep their types (losses come out of autocast in float32)."""
+    device, dtype = _checked(device, precision)
+    if dtype is None:
+        yield model
+        return
+    enter, leave = _autocast_hooks(device.type, dtype, cast_outputs=False)
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_in_precision(model: nn.Module, precision: Union[str, torch.dtype, None],
+                     device: Union[str, torch.device]) -> nn.Module:
+    """Make every call of `model` run under autocast(device, precision) with float32 outputs (forward hooks, so
+    parameter names and the module stay as they are; deep copies keep it). "float32" / None: unchanged. Raises
+    ValueError where autocast does not run that precision on that device."""
+    device, dtype = _checked(device, precision)
+    if dtype is None:
+        return model
+    if getattr(model, "_rb_precision", None) is not None:
+        raise ValueError(f"the model already runs in {model._rb_precision} (run_in_precision was applied before)")
+    enter, leave = _autocast_hooks(device.type, dtype, cast_outputs=True)
+    model.register_forward_pre_hook(enter)
+    model.register_forward_hook(leave, always_call=True)
+    model._rb_precision = str(dtype).replace("torch.", "")
+    return model
