@@ -146,11 +146,25 @@ def test_cuda_device_without_cuda_is_explained():
     assert "MODEL.DEVICE" in msg and "cpu" in msg
 
 
-def test_multi_process_without_cuda_stops_at_once():
+def test_v06_refusal_names_the_reason(monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+    from resnet_backbone.engine.launch import check_launch_args
+
+    monkeypatch.setattr("resnet_backbone.engine.launch.launch_supports_cpu", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="CUDA is not available.*v0.6"):
+        check_launch_args(2)
+    check_launch_args(1)
+
+
+def test_multi_process_without_cuda_stops_at_once_on_v06():
+    import torch
+
+    from resnet_backbone.engine.launch import launch_supports_cpu
+
+    if torch.cuda.is_available() or launch_supports_cpu():
+        pytest.skip("this detectron2 runs several CPU processes (tests/test_distributed.py)")
     res = subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config",
                           "configs/coco/frcnn_r101.yaml", "--num-gpus", "2"], capture_output=True, text=True,
                          cwd=REPO, timeout=120)

@@ -16,6 +16,7 @@ from detectron2.engine import default_setup  # noqa: E402
 
 import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
+from resnet_backbone.checkpoint.frozen import check_training_weights  # noqa: E402
 from resnet_backbone.checkpoint.preprocessing import check_preprocessing  # noqa: E402
 from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
 from resnet_backbone.deploy import apply_deploy_config  # noqa: E402
@@ -43,31 +44,38 @@ def setup(args):
     return cfg
 
 
-def main(args):
-    cfg = setup(args)
+def run(cfg, args):
+    """Train (or, with --eval-only, evaluate) in this process; returns (evaluation results, model)."""
     if args.eval_only:
         model = Trainer.build_model(cfg)
         SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL
                                   ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         model = apply_deploy_config(cfg, model)  # MODEL.RB_DEPLOY.*: BN folding, oneDNN, channels-last, compile
-        results = Trainer.test(cfg, model)
-    else:
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        trainer.train()
-        results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
-    path = write_eval_results(cfg, results, config_file=args.config_file)
+        return Trainer.test(cfg, model), model
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    check_training_weights(cfg, trainer.model, trainer.checkpointer.last_load_report)  # frozen layers got weights
+    trainer.train()
+    results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
+    return results, trainer.model
+
+
+def worker(args):
+    """One process of the job (detectron2's launch starts one per GPU / CPU worker)."""
+    cfg = setup(args)
+    results, _ = run(cfg, args)
+    path = write_eval_results(cfg, results, config_file=args.config_file)  # rank 0 only
     if path:
         logger.info("evaluation results written to %s", path)
     return results
 
 
-def cli(argv=None):
+def main(argv=None):
     args = build_parser().parse_args(argv)
     if not args.config_file:
         build_parser().error("--config-file (or --config) is required")
-    return launch_checked(main, args)
+    return launch_checked(worker, args)
 
 
 if __name__ == "__main__":
-    cli()
+    main()

@@ -5,37 +5,85 @@ import os
 import weakref
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.engine.hooks import PeriodicWriter
+from detectron2.utils.logger import setup_logger
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
 from ..checkpoint.atomic import atomic_write_text
 from ..checkpoint.checkpointer import SafeDetectionCheckpointer
 from ..data.checked_mapper import CheckedDatasetMapper
+from .amp import build_amp_step_trainer
 
 logger = logging.getLogger(__name__)
 
 EVALUATOR_TYPES = ("coco", "pascal_voc")
 
 
+def has_fast_coco_eval() -> bool:
+    """Whether detectron2 was built with its C++ COCO evaluator (a source build; not the v0.6 fallback, whose
+    `_C` is empty): then COCOEvaluator uses it, else pycocotools' COCOeval. Both give the same AP (tested)."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return hasattr(_C, "COCOevalAccumulate") and hasattr(_C, "COCOevalEvaluateImages")
+
+
 def build_detection_evaluator(cfg, dataset_name, output_folder=None):
-    """COCO mAP@[.5:.95] / mAP@.5 (pycocotools) or VOC mAP@.5, chosen from the dataset's metadata."""
+    """COCO mAP@[.5:.95] / mAP@.5 or VOC mAP@.5, chosen from the dataset's metadata."""
     meta = MetadataCatalog.get(dataset_name)
     kind = getattr(meta, "evaluator_type", None)
     if kind == "coco":
         out = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        # use_fast_impl=False: pycocotools' COCOeval (detectron2's C++ evaluator may not be compiled)
-        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=out, use_fast_impl=False)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=out,
+                             use_fast_impl=has_fast_coco_eval())
     if kind == "pascal_voc":
         return PascalVOCDetectionEvaluator(dataset_name)
     raise ValueError(f"no evaluator for dataset {dataset_name!r} (evaluator_type={kind!r}); "
                      f"supported evaluator types: {', '.join(EVALUATOR_TYPES)}")
 
 
+def ddp_device_kwargs(model):
+    """DistributedDataParallel's device arguments for where `model` lives: the local rank's GPU, or none for a CPU
+    model (DDP refuses `device_ids` there, which detectron2's create_ddp_model passes by default)."""
+    device = next(model.parameters()).device
+    return {"device_ids": [device.index if device.index is not None else comm.get_local_rank()]} \
+        if device.type == "cuda" else {"device_ids": None}
+
+
 class Trainer(DefaultTrainer):
-    """Overrides only what differs from DefaultTrainer: evaluators, the checkpointer, NaN reporting."""
+    """Overrides only what differs from DefaultTrainer: evaluators, the checkpointer, NaN reporting, and the DDP
+    wrapper (device ids from where the model lives, so that several CPU processes train too)."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ with one change, in the DDP wrapper; it has no hook for it, so the steps are
+        # repeated here in its order (model, optimizer, loader, DDP, step trainer, scheduler, checkpointer, hooks).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_device_kwargs(model))
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = None  # made by build_hooks (the safe checkpointer)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
+        """The loop that runs one iteration: detectron2's SimpleTrainer, or with SOLVER.AMP.ENABLED its AMPTrainer
+        (CUDA, float16) / CPUAMPTrainer (CPU, bfloat16 autocast; engine/amp.py)."""
+        if cfg.SOLVER.AMP.ENABLED:
+            return build_amp_step_trainer(model, data_loader, optimizer, cfg.MODEL.DEVICE)
+        return SimpleTrainer(model, data_loader, optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -52,8 +100,8 @@ class Trainer(DefaultTrainer):
         return DatasetEvaluators([build_detection_evaluator(cfg, dataset_name, output_folder)])
 
     def build_hooks(self):
-        # DefaultTrainer.__init__ creates a plain DetectionCheckpointer just before calling build_hooks, whose
-        # PeriodicCheckpointer captures it: swap in the safe one (safe loading, atomic saves) first.
+        # the PeriodicCheckpointer of DefaultTrainer.build_hooks captures self.checkpointer: the safe one (safe
+        # loading, atomic saves, written by rank 0 only)
         self.checkpointer = SafeDetectionCheckpointer(
             self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
             allow_partial=self.cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL,
