@@ -12,6 +12,7 @@ from resnet_backbone.data.synthetic_detection import coco_paths, generate_datase
 from resnet_backbone.engine.trainer import build_detection_evaluator, has_fast_coco_eval
 
 NAME = "rb_test_eval_impl"
+pytestmark = pytest.mark.v06
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.v06
 
 
 def test_second_setup_run_changes_nothing():

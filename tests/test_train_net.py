@@ -146,6 +146,7 @@ def test_cuda_device_without_cuda_is_explained():
     assert "MODEL.DEVICE" in msg and "cpu" in msg
 
 
+@pytest.mark.v06
 def test_v06_refusal_names_the_reason(monkeypatch):
     import torch
 
@@ -158,6 +159,7 @@ def test_v06_refusal_names_the_reason(monkeypatch):
     check_launch_args(1)
 
 
+@pytest.mark.v06
 def test_multi_process_without_cuda_stops_at_once_on_v06():
     import torch
 
