@@ -10,6 +10,7 @@ from torch import nn
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
+from resnet_backbone.checkpoint.coverage import ModuleCoverage
 from resnet_backbone.checkpoint.pkl_writer import save_pkl
 from resnet_backbone.checkpoint.safe_load import CorruptCheckpointError, UnsafeCheckpointError, load_file
 from resnet_backbone.utils.atomic import atomic_save, atomic_write_text
@@ -266,7 +267,7 @@ def test_msra_blobs_pkl_loads_with_caffe2_names(tmp_path):
     assert torch.equal(conv.norm.running_var, torch.ones(8))
     report = ckpt.last_load_report
     assert {k for k, _ in report.missing} == {"head.weight", "head.bias"}
-    assert report.guarded_tensors_uninitialized == 0
+    assert report.coverage.missing_tensors == 0
 
 
 def test_report_lists_missing_unexpected_and_mismatched_with_shapes(tmp_path, records):
@@ -283,12 +284,70 @@ def test_report_lists_missing_unexpected_and_mismatched_with_shapes(tmp_path, re
     assert report.missing == [("backbone.res2.bias", (8,))]
     assert report.unexpected == [("backbone.extra.weight", (2, 7))]
     assert sorted(report.mismatched) == [("head.bias", (5,), (3,)), ("head.weight", (5, 8), (3, 8))]
-    assert report.guarded_tensors_uninitialized == 1
+    assert report.coverage.missing_tensors == 1
     assert torch.equal(target.backbone.res2.weight, source.backbone.res2.weight)
     log = "\n".join(records)
     for text in ("backbone.res2.bias: (8,)", "backbone.extra.weight: (2, 7)",
                  "head.weight: (5, 8) in checkpoint, (3, 8) in model", "1 of 5 tensors"):
         assert text in log, (text, log)
+    # per key, module and part of the model: what received weights
+    coverage = report.coverage
+    assert coverage.missing_in(["backbone.res2"]) == ["backbone.res2.bias"] == coverage.missing_in("backbone.res2.")
+    assert coverage.missing_in(["backbone.stem", "backbone.res2"], kind="buffer") == []
+    assert set(coverage.missing_in(["head"], kind="parameter")) == {"head.weight", "head.bias"}
+    assert coverage.by_module()["backbone.res2"] == ModuleCoverage(loaded=("backbone.res2.weight",),
+                                                                   missing=("backbone.res2.bias",))
+    # FrozenBatchNorm2d's affine and statistics are buffers, all of them loaded here
+    assert coverage.loaded_in("backbone.stem", kind="buffer") == [
+        f"backbone.stem.conv1.norm.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+
+
+def test_coverage_names_frozen_bn_buffers_that_got_no_weights(tmp_path):
+    source = _randomize(_Detector(), 0)
+    weights = source.state_dict()
+    for name in ("weight", "bias"):
+        del weights[f"backbone.stem.conv1.norm.{name}"]
+    torch.save({"model": weights}, tmp_path / "no_stem_affine.pth")
+    ckpt = SafeDetectionCheckpointer(_Detector())
+    ckpt.load(str(tmp_path / "no_stem_affine.pth"))
+    coverage = ckpt.last_load_report.coverage
+    assert coverage.missing_in(["backbone.stem"]) == ["backbone.stem.conv1.norm.weight", "backbone.stem.conv1.norm.bias"]
+    assert coverage.missing_in(["backbone.stem"], kind="parameter") == []  # FrozenBN holds buffers, not parameters
+    assert coverage.missing_in(["backbone.res2", "head"]) == []
+    with pytest.raises(ValueError, match="kind"):
+        coverage.missing_in(kind="weights")
+
+
+def test_strict_refuses_any_misfit_before_copying(tmp_path):
+    source = _randomize(_Detector(), 0)
+    weights = source.state_dict()
+    del weights["head.bias"]
+    torch.save({"model": weights}, tmp_path / "no_head_bias.pth")
+    target = _randomize(_Detector(), 1)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match=r"(?s)does not fit the model \(1 model keys missing.*head\.bias"):
+        SafeDetectionCheckpointer(target, strict=True).load(str(tmp_path / "no_head_bias.pth"))
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+    SafeDetectionCheckpointer(target).load(str(tmp_path / "no_head_bias.pth"))  # not strict: loads the rest
+
+
+def test_tag_naming_a_missing_file_and_stale_temporaries(tmp_path, monkeypatch):
+    model = _Detector()
+    ckpt = SafeDetectionCheckpointer(model, str(tmp_path))
+    ckpt.save("model_0000004")
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    monkeypatch.setattr(os, "remove", lambda *a: None)  # the kill also skips the clean-up
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("model_0000009")
+    monkeypatch.undo()
+    assert [t for t in _leftovers(tmp_path) if t.startswith(".model_0000009.pth.tmp-")]
+    (tmp_path / ".notes.txt.tmp-1-00000000").write_text("not a checkpoint's")
+    assert [n for n in ckpt.remove_stale_temporaries() if n.startswith(".model_0000009.pth")]
+    assert _leftovers(tmp_path) == [".notes.txt.tmp-1-00000000"]
+    assert ckpt.get_checkpoint_file() == str(tmp_path / "model_0000004.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000099.pth")
+    with pytest.raises(FileNotFoundError, match="model_0000099.pth"):
+        ckpt.resume_or_load("", resume=True)
 
 
 def test_refuses_to_leave_most_of_the_backbone_uninitialised(tmp_path, records):
@@ -310,7 +369,7 @@ def test_refuses_to_leave_most_of_the_backbone_uninitialised(tmp_path, records):
     ckpt = SafeDetectionCheckpointer(target, allow_partial=True)
     ckpt.load(str(path))
     assert torch.equal(target.head.weight, source.head.weight)
-    assert ckpt.last_load_report.guarded_tensors_uninitialized == 5
+    assert ckpt.last_load_report.coverage.missing_tensors == 5
     assert any("allow_partial=True" in m for m in records)
 
 
@@ -344,7 +403,7 @@ def test_plain_classifier_without_backbone(tmp_path):
     ckpt = SafeDetectionCheckpointer(target)
     ckpt.load(str(path))
     assert torch.equal(target.features[0].weight, source.features[0].weight)
-    assert ckpt.last_load_report.guarded_prefixes == ()
+    assert ckpt.last_load_report.coverage.guarded == ()
     assert {k for k, _, _ in ckpt.last_load_report.mismatched} == {"fc.weight", "fc.bias"}
     # a checkpoint that fits nothing in it is refused, the whole model being what is guarded
     torch.save({"unrelated.weight": torch.ones(3)}, tmp_path / "unrelated.pth")

@@ -356,7 +356,7 @@ def test_exported_resnet101_loads_into_frcnn_r101(tmp_path):
     detector, report = _load_into_detector("frcnn_r101.yaml", weights)
     missing = [k for k, _ in report.missing]
     assert not [k for k in missing if k.startswith(("backbone.", "roi_heads.res5."))], missing
-    assert not report.mismatched and report.guarded_tensors_uninitialized == 0
+    assert not report.mismatched and report.coverage.missing_tensors == 0
     state, source = detector.state_dict(), classifier.state_dict()
     assert torch.equal(state["backbone.stem.conv1.weight"], source["stem.conv1.weight"])
     assert torch.equal(state["backbone.res4.22.conv3.norm.running_var"], source["res4.22.conv3.norm.running_var"])

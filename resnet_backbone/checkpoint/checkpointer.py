@@ -9,134 +9,34 @@ Differences from ``detectron2.checkpoint.DetectionCheckpointer`` (v0.6 and later
   during ``save`` never leaves a truncated file behind the tag;
 * after loading, missing, unexpected and shape-mismatched keys are logged with their shapes, and a load
   that would leave more than half of the backbone uninitialised is refused before any weight is copied
-  (``allow_partial=True`` lets it through).
+  (``allow_partial=True`` lets it through); ``strict=True`` refuses any key that does not fit. The load's
+  :class:`~resnet_backbone.checkpoint.coverage.LoadReport` says what was filled, per key and per module;
+* a ``last_checkpoint`` tag naming a file that is not there is an error naming both, and the temporaries a
+  killed save left behind can be removed (:meth:`SafeDetectionCheckpointer.remove_stale_temporaries`).
+
+The directory layout, ``{save_dir}/{name}.pth`` + ``last_checkpoint``, is fvcore's; the pretraining stage's
+checkpointer (engine/pretrain/checkpoint.py) is this class with the pretraining extras on top.
 """
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
-import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
-from ..utils.atomic import atomic_save, atomic_write_text
+from ..utils.atomic import atomic_save, atomic_write_text, temporary_target
+from .coverage import BACKBONE_PREFIXES, Coverage, LoadReport, Shape, shape_of
 from .safe_load import load_file
 
-__all__ = ["LoadReport", "SafeDetectionCheckpointer", "backbone_coverage"]
+__all__ = ["LoadReport", "SafeDetectionCheckpointer"]
 
-Shape = Optional[Tuple[int, ...]]
-
-# Where the backbone's weights live in detectron2 models: the backbone itself, plus the res5 stage that
-# C4 models run inside the ROI head (detectron2 modeling/roi_heads/roi_heads.py, Res5ROIHeads).
-BACKBONE_PREFIXES = ("backbone.", "roi_heads.res5.")
+TAG_FILE = "last_checkpoint"  # fvcore's name for the file that names the newest checkpoint
 # A load is refused when it would leave more than this fraction of the backbone uninitialised, counted
 # in tensors or in values (either): missing convs hide behind loaded BN tensors when counting tensors,
 # missing BN tensors hide behind the convs' values when counting values.
 MAX_UNINITIALIZED_FRACTION = 0.5
-# Only learned weights count towards the guard: batch-norm statistics are not parameters, Caffe2 files
-# have none (FrozenBatchNorm2d fills in identity statistics itself when they are absent, detectron2
-# layers/batch_norm.py), and step counters carry nothing. They are still reported when missing.
-_NOT_WEIGHTS = ("running_mean", "running_var", "num_batches_tracked")
 # How many keys of each kind a refusal message quotes.
 _EXAMPLES = 5
-
-
-def _shape(value: Any) -> Shape:
-    # Lazy modules' UninitializedParameter has no shape yet.
-    uninitialized = getattr(torch.nn.parameter, "UninitializedParameter", ())
-    if uninitialized and isinstance(value, uninitialized):
-        return None
-    return tuple(value.shape) if hasattr(value, "shape") else None
-
-
-def _numel(shape: Shape) -> int:
-    return int(np.prod(shape)) if shape is not None else 0
-
-
-def _is_weight(key: str) -> bool:
-    return not key.endswith(_NOT_WEIGHTS)
-
-
-@dataclass
-class LoadReport:
-    """What one :meth:`SafeDetectionCheckpointer.load` did to the model's weights.
-
-    ``missing``: (key, shape in model) left at its initial value; ``unexpected``: (key, shape in checkpoint)
-    that the model has no place for; ``mismatched``: (key, shape in checkpoint, shape in model), skipped.
-    ``guarded_*``: the backbone's share, counted over ``guarded_prefixes`` (the whole model when it has
-    no backbone), in tensors and in values.
-    """
-
-    source: str
-    missing: List[Tuple[str, Shape]] = field(default_factory=list)
-    unexpected: List[Tuple[str, Shape]] = field(default_factory=list)
-    mismatched: List[Tuple[str, Shape, Shape]] = field(default_factory=list)
-    guarded_prefixes: Tuple[str, ...] = ()
-    guarded_tensors: int = 0
-    guarded_tensors_uninitialized: int = 0
-    guarded_values: int = 0
-    guarded_values_uninitialized: int = 0
-
-    @property
-    def uninitialized_fraction(self) -> float:
-        """The larger of the tensor and value fractions of the guarded part left uninitialised."""
-        return max(
-            self.guarded_tensors_uninitialized / max(self.guarded_tensors, 1),
-            self.guarded_values_uninitialized / max(self.guarded_values, 1),
-        )
-
-    def coverage_line(self) -> str:
-        where = " or ".join(f"'{p}*'" for p in self.guarded_prefixes) or "the whole model"
-        return (
-            f"{self.guarded_tensors_uninitialized} of {self.guarded_tensors} tensors "
-            f"({self.guarded_values_uninitialized:,} of {self.guarded_values:,} values) of the weights under "
-            f"{where}"
-        )
-
-    def lines(self, limit: Optional[int] = None) -> List[str]:
-        """Human-readable lines, one per key, at most ``limit`` per kind."""
-
-        def clip(items: Sequence[str]) -> List[str]:
-            if limit is None or len(items) <= limit:
-                return list(items)
-            return list(items[:limit]) + [f"  ... and {len(items) - limit} more"]
-
-        out: List[str] = []
-        if self.mismatched:
-            out.append(f"shape mismatches, skipped ({len(self.mismatched)}):")
-            out += clip([f"  {k}: {c} in checkpoint, {m} in model" for k, c, m in self.mismatched])
-        if self.missing:
-            out.append(f"missing from the checkpoint, left as initialised ({len(self.missing)}):")
-            out += clip([f"  {k}: {s}" for k, s in self.missing])
-        if self.unexpected:
-            out.append(f"in the checkpoint but not in the model, ignored ({len(self.unexpected)}):")
-            out += clip([f"  {k}: {s}" for k, s in self.unexpected])
-        return out
-
-
-def backbone_coverage(
-    model_shapes: Mapping[str, Shape], uninitialized: Iterable[str], prefixes: Sequence[str] = BACKBONE_PREFIXES
-) -> Tuple[Tuple[str, ...], int, int, int, int]:
-    """Count the model's backbone tensors and values, and how many of them are in ``uninitialized``.
-
-    Keys under ``prefixes`` form the backbone; a model with none (a plain classifier) is guarded whole.
-    Returns (prefixes used, tensors, uninitialised tensors, values, uninitialised values).
-    """
-    prefixes = tuple(prefixes)
-    keys = [k for k in model_shapes if _is_weight(k) and k.startswith(prefixes)]
-    if not keys:
-        prefixes = ()
-        keys = [k for k in model_shapes if _is_weight(k)]
-    bad = set(uninitialized)
-    bad_keys = [k for k in keys if k in bad]
-    return (
-        prefixes,
-        len(keys),
-        len(bad_keys),
-        sum(_numel(model_shapes[k]) for k in keys),
-        sum(_numel(model_shapes[k]) for k in bad_keys),
-    )
 
 
 def _strip_common_prefix(keys: Iterable[str], prefix: str = "module.") -> Dict[str, str]:
@@ -155,6 +55,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         model, save_dir, save_to_disk, checkpointables: as for ``DetectionCheckpointer``.
         allow_partial: load even when more than half of the backbone would stay uninitialised (a warning
             is logged instead). Callers map their config or environment switch onto this argument.
+        strict: refuse (before copying) any load that leaves a model key unfilled, has a key of another shape,
+            or brings keys the model has no place for; for resuming a run, where all of it must fit.
         backbone_prefixes: state-dict prefixes that make up the backbone (default ``BACKBONE_PREFIXES``).
 
     After each ``load``, ``last_load_report`` holds a :class:`LoadReport` (None when nothing was loaded).
@@ -167,6 +69,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         *,
         save_to_disk: Optional[bool] = None,
         allow_partial: bool = False,
+        strict: bool = False,
         backbone_prefixes: Sequence[str] = BACKBONE_PREFIXES,
         **checkpointables: Any,
     ):
@@ -174,6 +77,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         if isinstance(backbone_prefixes, str):
             raise ValueError(f"backbone_prefixes must be a sequence of prefixes, got the string {backbone_prefixes!r}")
         self.allow_partial = bool(allow_partial)
+        self.strict = bool(strict)
         self.backbone_prefixes = tuple(backbone_prefixes)
         self.last_load_report: Optional[LoadReport] = None
         self._source = ""
@@ -226,9 +130,9 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             weights = align_and_update_state_dicts(
                 model_state, weights, c2_conversion=checkpoint.get("__author__", None) == "Caffe2"
             )
-        model_shapes = {k: _shape(v) for k, v in model_state.items()}
+        model_shapes = {k: shape_of(v) for k, v in model_state.items()}
         del model_state
-        self._refuse_if_mostly_uninitialized(model_shapes, weights)
+        self._check_before_copy(model_shapes, weights)
 
         # DetectionCheckpointer._load_model pops "model" from what it is given; the heuristics are done.
         incompatible = super()._load_model({"model": weights, "matching_heuristics": False})
@@ -236,32 +140,32 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             self.last_load_report = self._report(model_shapes, weights, incompatible)
         return incompatible
 
-    def _refuse_if_mostly_uninitialized(self, model_shapes: Mapping[str, Shape], weights: Mapping[str, Any]):
+    def _check_before_copy(self, model_shapes: Mapping[str, Shape], weights: Mapping[str, Any]):
         """Predict what ``load_state_dict(strict=False)`` will leave untouched and refuse before copying."""
         names = _strip_common_prefix(weights.keys())
-        uninitialized = [
+        not_loaded = [
             k for k, s in model_shapes.items()
-            if k not in names or (s is not None and _shape(weights[names[k]]) != s)
+            if k not in names or (s is not None and shape_of(weights[names[k]]) != s)
         ]
-        prefixes, tensors, bad_tensors, values, bad_values = backbone_coverage(
-            model_shapes, uninitialized, self.backbone_prefixes
-        )
-        fraction = max(bad_tensors / max(tensors, 1), bad_values / max(values, 1))
-        if fraction <= MAX_UNINITIALIZED_FRACTION:
-            return
         preview = LoadReport(
             source=self._source,
-            missing=[(k, model_shapes[k]) for k in uninitialized if k not in names],
-            unexpected=[(orig, _shape(weights[orig])) for k, orig in names.items() if k not in model_shapes],
-            mismatched=[(k, _shape(weights[names[k]]), model_shapes[k]) for k in uninitialized if k in names],
-            guarded_prefixes=prefixes,
-            guarded_tensors=tensors,
-            guarded_tensors_uninitialized=bad_tensors,
-            guarded_values=values,
-            guarded_values_uninitialized=bad_values,
+            coverage=Coverage.of(self.model, model_shapes, not_loaded, self.backbone_prefixes),
+            missing=[(k, model_shapes[k]) for k in not_loaded if k not in names],
+            unexpected=[(orig, shape_of(weights[orig])) for k, orig in names.items() if k not in model_shapes],
+            mismatched=[(k, shape_of(weights[names[k]]), model_shapes[k]) for k in not_loaded if k in names],
         )
-        summary = (f"{self._source or 'the checkpoint'} would leave {preview.coverage_line()} uninitialised, "
-                   f"more than {MAX_UNINITIALIZED_FRACTION:.0%}")
+        source = self._source or "the checkpoint"
+        if self.strict and (preview.missing or preview.mismatched or preview.unexpected):
+            raise ValueError(
+                f"refusing to load {source}: it does not fit the model ({len(preview.missing)} model keys missing "
+                f"from it, {len(preview.mismatched)} of another shape, {len(preview.unexpected)} keys the model has "
+                "no place for); a checkpoint of another model, depth or option? Examples:\n"
+                + "\n".join(preview.lines(limit=_EXAMPLES))
+            )
+        c = preview.coverage
+        if max(c.missing_tensors / max(c.tensors, 1), c.missing_values / max(c.values, 1)) <= MAX_UNINITIALIZED_FRACTION:
+            return
+        summary = f"{source} would leave {c.line()} uninitialised, more than {MAX_UNINITIALIZED_FRACTION:.0%}"
         if self.allow_partial:
             self.logger.warning(f"Loading {summary}; loading anyway because allow_partial=True")
             return
@@ -288,20 +192,13 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             missing = sorted(_filter_reused_missing_keys(self.model, missing))
         except ImportError:
             pass
-        uninitialized: Set[str] = set(missing) | skipped
-        prefixes, tensors, bad_tensors, values, bad_values = backbone_coverage(
-            model_shapes, uninitialized, self.backbone_prefixes
-        )
+        not_loaded: Set[str] = set(missing) | skipped
         return LoadReport(
             source=self._source,
+            coverage=Coverage.of(self.model, model_shapes, not_loaded, self.backbone_prefixes),
             missing=[(k, model_shapes.get(k)) for k in missing],
-            unexpected=[(k, _shape(weights[k]) if k in weights else None) for k in incompatible.unexpected_keys],
+            unexpected=[(k, shape_of(weights[k]) if k in weights else None) for k in incompatible.unexpected_keys],
             mismatched=mismatched,
-            guarded_prefixes=prefixes,
-            guarded_tensors=tensors,
-            guarded_tensors_uninitialized=bad_tensors,
-            guarded_values=values,
-            guarded_values_uninitialized=bad_values,
         )
 
     def _log_incompatible_keys(self, incompatible) -> None:
@@ -312,12 +209,12 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         details = report.lines()
         if details:
             self.logger.warning(
-                f"Loaded {report.source}; not loaded: {report.coverage_line()}.\n" + "\n".join(details)
+                f"Loaded {report.source}; not loaded: {report.coverage.line()}.\n" + "\n".join(details)
             )
         else:
             self.logger.info(f"Loaded {report.source}: every model weight matched by name and shape.")
 
-    # ------------------------------------------------------------------------------------------ saving
+    # ----------------------------------------------------------------------------- the directory layout
 
     def _is_local(self) -> bool:
         # Atomic rename needs a real directory; other PathManager backends (URLs) keep fvcore's writer.
@@ -349,4 +246,31 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         if not self._is_local():
             super().tag_last_checkpoint(last_filename_basename)
             return
-        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+        atomic_write_text(os.path.join(self.save_dir, TAG_FILE), last_filename_basename)
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint ``last_checkpoint`` names ("" without a tag), as fvcore's; a tag naming a file that is
+        not in ``save_dir`` raises FileNotFoundError naming both (resuming from it could only fail later)."""
+        path = super().get_checkpoint_file()
+        if not path or not self._is_local():
+            return path
+        name = os.path.relpath(path, self.save_dir)
+        if name != os.path.basename(name) or not os.path.isfile(path):
+            tag = os.path.join(self.save_dir, TAG_FILE)
+            raise FileNotFoundError(f"{tag} names {name!r}, but {path} does not exist; delete the tag to start "
+                                    f"afresh, or point it at one of the checkpoints in {self.save_dir}")
+        return path
+
+    def remove_stale_temporaries(self) -> List[str]:
+        """Delete the temporary files that saves killed mid-write left in ``save_dir`` (call only while no other
+        process saves there); returns their names."""
+        if not self._is_local() or not os.path.isdir(self.save_dir):
+            return []
+        stale = []
+        for name in sorted(os.listdir(self.save_dir)):
+            target = temporary_target(name)
+            if target is not None and (target.endswith(".pth") or target == TAG_FILE):
+                os.remove(os.path.join(self.save_dir, name))
+                self.logger.info(f"Removed {name}, left by a save that did not complete")
+                stale.append(name)
+        return stale
