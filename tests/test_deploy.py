@@ -21,6 +21,7 @@ import resnet_backbone  # noqa: F401  registers the plugin's backbones and heads
 from resnet_backbone import add_resnet_backbone_config, create_model
 from resnet_backbone import deploy
 from resnet_backbone.deploy import OneDNNConv2d, apply_deploy_config, fold_batchnorm, prepare_for_inference
+from resnet_backbone.deploy import kernels as deploy_kernels
 from resnet_backbone.modeling import VGG, ResNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,7 +260,8 @@ def _run_benchmark(tmp_path, *extra):
     out = tmp_path / "bench"
     benchmark.main(["--quick", "--threads", "1", "--output-dir", str(out), *extra])
     results = json.loads((out / "benchmark.json").read_text())
-    assert (out / "benchmark.txt").read_text().startswith("section")
+    table = (out / "benchmark.txt").read_text()
+    assert table.startswith("machine: ") and "\nCPU flags (SIMD): " in table and "\nsection " in table
     return out, results
 
 
@@ -272,6 +274,17 @@ def test_benchmark_tool_quick_backbone_and_pipeline(tmp_path):
     # also after deploy
     assert backbone["max_rel_diff_vs_detectron2"]["plugin"] < 1e-5
     assert backbone["max_rel_diff_vs_detectron2"]["plugin-deploy"] < RTOL
+    # the deploy path is compared with detectron2 and with the plugin without deploy; the kernels it chose are
+    # listed per layer type, each of them one of the candidates
+    deploy = backbone["inference"]["contenders"]["plugin-deploy"]
+    assert deploy["speedup_vs_plugin"] > 0 and deploy["speedup_vs_reference"] > 0
+    chosen = backbone["kernel_choice"]["chosen"]["plugin-deploy"]
+    assert any(kind.startswith("3x3/s1 ") for kind in chosen)
+    assert {k for counts in chosen.values() for k in counts} <= set(deploy_kernels.KERNELS)
+    table = (out / "benchmark.txt").read_text()
+    assert "kernels chosen by plugin-deploy, backbone_r50" in table
+    assert "deploy vs detectron2 / vs plugin without deploy, backbone_r50: plugin-deploy " in table
+    assert results["environment"]["cpu_model"] and isinstance(results["environment"]["cpu_flags"], list)
     assert results["sections"]["pipeline"]["loader"]["images_per_s"] > 0
     assert results["environment"]["matmul_peak_gflops"] > 0
     assert (out / "benchmark_ratios.png").stat().st_size > 0

@@ -9,19 +9,27 @@
 Sections (all on the same inputs within a section; contenders alternate round by round; medians reported):
   backbone   training step (forward + backward) and inference of the plugin ResNet-{50,101}, detectron2's built-in
              build_resnet_backbone (same depth / norm / freeze_at / weights) and torchvision's resnet trunk;
-             inference also through the deploy path (resnet_backbone.deploy: BN folded, fused oneDNN convolutions
-             and Winograd F(4x4 / 2x2, 3x3) 3x3 convolutions on CPU, channels-last), for the plugin and, for
-             comparison, for detectron2's own backbone; "plugin-deploy-direct" is the deploy path without Winograd.
-             Training groups also time "reference-copy", a deep copy of the reference: the spread between two
-             copies of one model is the noise floor of every ratio.
+             inference also through the deploy path (resnet_backbone.deploy: BN folded; on CPU fused oneDNN
+             convolutions with each layer's kernel measured (F.conv2d NCHW / NHWC, packed oneDNN, Winograd
+             F(4x4 / 2x2, 3x3)) and cached on disk; channels-last), for the plugin and, for comparison, for
+             detectron2's own backbone; "plugin-deploy-direct" is the deploy path without Winograd,
+             "plugin-deploy-rules" with the fixed kernel rule instead of the measured choice, "-fp16" / "-bf16"
+             in reduced precision (autocast; outputs compared with float32), "-channels-last" forced where the
+             auto rule leaves it off (CUDA). Training groups also time "reference-copy", a deep copy of the
+             reference: the spread between two copies of one model is the noise floor of every ratio; "-amp"
+             contenders train with mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU).
   c4         Faster R-CNN C4 R-101: the plugin's configs/coco/frcnn_r101.yaml vs detectron2's built-in R-101-C4
              (the same config with build_resnet_backbone + Res5ROIHeads, same weights): a full training iteration
              (forward, backward, SGD step with lr 0 so the work stays the same) and inference.
   vgg16      the plugin's VGG-16 Faster R-CNN (configs/coco/frcnn_vgg16.yaml): training iteration and inference.
   pipeline   images/s of the pretraining input pipeline (PNG decode + scale augmentation + crop + flip + lighting,
              per worker) next to images/s a plugin classifier consumes in a training step.
-Per contender: multiply-adds per image (fvcore, weight layers), achieved GFLOP/s next to a torch.mm peak, and the
-peak memory of one call (CUDA allocator peak; on CPU the rise of the resident set).
+Per contender: multiply-adds per image (fvcore, weight layers), achieved GFLOP/s next to a torch.mm peak, the peak
+memory of one call (CUDA allocator peak; on CPU the rise of the resident set), and the speedup against the group's
+reference and against the plugin without deploy. The header names the CPU and its SIMD flags (and the GPU); each
+section lists the kernels the deploy path chose per layer type.
+
+    python tools/benchmark.py --device cuda --sections backbone c4   # the same sections on a GPU
 
 Writes OUTPUT_DIR/benchmark.json, benchmark.txt (the table) and benchmark_ratios.png.
 """
@@ -66,6 +74,15 @@ def build_parser():
     p.add_argument("--no-onednn", action="store_true", help="deploy path without the fused oneDNN convolutions")
     p.add_argument("--no-winograd", action="store_true",
                    help="deploy path without Winograd 3x3 convolutions (and no plugin-deploy-direct contender)")
+    p.add_argument("--kernels", default="measure", choices=("measure", "rules"),
+                   help="deploy path's kernel choice on CPU: measured per layer (cached) or the fixed rule")
+    p.add_argument("--precisions", nargs="*", default=None, choices=("float16", "bfloat16"),
+                   help="reduced-precision deploy contenders (default: float16 + bfloat16 where supported on CUDA; "
+                        "bfloat16 on CPUs with AVX512-BF16 / AMX-BF16; none: pass the flag alone)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time mixed-precision training contenders (default: on for CUDA, off for CPU)")
+    p.add_argument("--channels-last-variants", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time channels-last contenders where the auto rule leaves it off (default: on CUDA)")
     p.add_argument("--no-noise-floor", action="store_true",
                    help="do not also time a copy of the reference model in the training groups")
     p.add_argument("--memory-rounds", type=int, default=7,
@@ -104,7 +121,11 @@ def _environment(args, device, torch):
 
     from resnet_backbone.benchmarking.flops import matmul_peak_gflops
 
+    from resnet_backbone.deploy.cache import cpu_flags, cpu_model
+
     return {"device": str(device), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "detectron2": detectron2.__version__,
             "mkldnn": torch.backends.mkldnn.is_available(),
@@ -118,15 +139,24 @@ def _measure(args, device, torch, log) -> dict:
     from resnet_backbone.benchmarking.suite import (Settings, run_backbone_section, run_detector_section,
                                                     run_pipeline_section)
 
+    from resnet_backbone.benchmarking.output import machine_lines
+
     torch.manual_seed(0)
     settings = Settings(device=device, repeats=args.repeats, warmup=args.warmup, compile=args.compile,
                         channels_last=False if args.no_channels_last else "auto",
                         onednn=False if args.no_onednn else "auto",
-                        winograd=False if args.no_winograd else "auto", memory_rounds=args.memory_rounds,
+                        winograd=False if args.no_winograd else "auto", kernels=args.kernels,
+                        precisions=tuple(_precisions(args, device, torch)),
+                        amp=device.type == "cuda" if args.amp is None else args.amp,
+                        layout_variants=_layout_variants(args, device), memory_rounds=args.memory_rounds,
                         noise_floor=not args.no_noise_floor)
     results = {"environment": _environment(args, device, torch), "arguments": vars(args), "sections": {}}
-    log.info("device %s, %d thread(s), matmul peak %.1f GFLOP/s", device, results["environment"]["threads"],
-             results["environment"]["matmul_peak_gflops"])
+    for line in machine_lines(results["environment"]):
+        log.info(line)
+    log.info("matmul peak %.1f GFLOP/s; deploy kernels %s, reduced precisions %s, mixed-precision training %s, "
+             "channels-last variants %s", results["environment"]["matmul_peak_gflops"], settings.kernels,
+             list(settings.precisions) or "none", "on" if settings.amp else "off",
+             "on" if settings.layout_variants else "off")
     sections = results["sections"]
     start = time.perf_counter()
     if "backbone" in args.sections:
@@ -158,6 +188,31 @@ def _measure(args, device, torch, log) -> dict:
     env["matmul_peak_gflops_end"] = matmul_peak_gflops(device, size=args.matmul_size)
     env["matmul_peak_gflops"] = max(env["matmul_peak_gflops"], env["matmul_peak_gflops_end"])
     return results
+
+
+def _precisions(args, device, torch):
+    """--precisions, or by default those the device runs fast: float16 (+ bfloat16 where the GPU has it) on CUDA,
+    bfloat16 on CPUs with bfloat16 instructions."""
+    from resnet_backbone.deploy.cache import cpu_flags
+    from resnet_backbone.deploy.precision import precision_supported
+
+    if args.precisions is not None:
+        for p in args.precisions:
+            if not precision_supported(device, p):
+                raise SystemExit(f"--precisions {p}: not supported on {device}")
+        return args.precisions
+    if device.type == "cuda":
+        return [p for p in ("float16", "bfloat16") if precision_supported(device, p)]
+    fast_bf16 = {"avx512_bf16", "amx_bf16"} & set(cpu_flags())
+    return ["bfloat16"] if device.type == "cpu" and fast_bf16 else []
+
+
+def _layout_variants(args, device) -> bool:
+    from resnet_backbone.deploy.layout import channels_last_helps
+
+    if args.channels_last_variants is not None:
+        return args.channels_last_variants
+    return not args.no_channels_last and not channels_last_helps(device)
 
 
 def main(argv=None):

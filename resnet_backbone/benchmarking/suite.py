@@ -15,9 +15,13 @@ import torch
 from torch import nn
 
 from ..deploy import OneDNNConv2d, prepare_for_inference
+from ..deploy import kernels as _kernels
 from ..deploy import winograd as _winograd
+from ..deploy.precision import autocast_forward
+from ..engine.amp import amp_dtype
 from ..modeling.factory import create_model
-from .contenders import (backbone_contenders, build_detector, builtin_c4_cfg, detector_inputs, plugin_detector_cfg)
+from .contenders import (backbone_contenders, build_detector, builtin_c4_cfg, detector_inputs, plugin_backbone,
+                         plugin_detector_cfg)
 from .flops import achieved_gflops, detector_multiply_adds, multiply_adds
 from .memory import peak_memory_bytes
 from .pipeline import input_pipeline_throughput
@@ -28,6 +32,7 @@ __all__ = ["Settings", "run_backbone_section", "run_detector_section", "run_pipe
 # a training step does a forward and a backward pass; backward ~ 2 x forward (input and weight gradients)
 TRAIN_PASSES = 3.0
 NOISE_FLOOR = "reference-copy"  # a deep copy of the group's reference model (see Settings.noise_floor)
+SHORT_PRECISION = {"float16": "fp16", "bfloat16": "bf16"}
 
 
 @dataclass
@@ -39,30 +44,52 @@ class Settings:
     channels_last: object = "auto"
     onednn: object = "auto"
     winograd: object = "auto"
+    kernels: str = "measure"
+    # deploy contenders in these reduced precisions too ("float16" / "bfloat16": autocast, outputs checked
+    # against float32)
+    precisions: Sequence[str] = ()
+    # training contenders with mixed precision too ("-amp": engine.amp's autocast dtype for the device)
+    amp: bool = False
+    # channels-last contenders where the "auto" rule leaves it off (CUDA), so that it is measured, not assumed
+    layout_variants: bool = False
     memory_rounds: int = 7
     # time a deep copy of the reference too: two copies of one model differ only by noise (memory placement, load),
     # which bounds what a ratio between two contenders can resolve
     noise_floor: bool = True
 
 
-def deployed(model: nn.Module, settings: Settings, *, compile: bool = False, winograd=None) -> nn.Module:
-    """A deep copy of `model` through the deploy path (BN folding, oneDNN fusion with Winograd 3x3 convolutions,
-    channels-last, optionally torch.compile)."""
-    return prepare_for_inference(copy.deepcopy(model), fuse_bn=True, channels_last=settings.channels_last,
-                                 onednn=settings.onednn, compile=compile,
-                                 winograd=settings.winograd if winograd is None else winograd)
+def deployed(model: nn.Module, settings: Settings, *, compile: bool = False, winograd=None, kernels=None,
+             precision: str = "float32", channels_last=None) -> nn.Module:
+    """A deep copy of `model` through the deploy path (BN folding, oneDNN fusion with the measured kernel choice
+    and Winograd 3x3 convolutions on CPU, channels-last, optionally torch.compile / a reduced precision)."""
+    return prepare_for_inference(copy.deepcopy(model), fuse_bn=True,
+                                 channels_last=settings.channels_last if channels_last is None else channels_last,
+                                 onednn=settings.onednn, compile=compile, precision=precision,
+                                 winograd=settings.winograd if winograd is None else winograd,
+                                 kernels=settings.kernels if kernels is None else kernels)
 
 
 def deploy_state(model: nn.Module) -> dict:
-    """What a deployed model holds beyond its parameters for Winograd, after it has run: transformed weights of the
-    layers that took the path ((m + 2)^2 / 9 times their 3x3 weights) and this thread's scratch buffers. Peak
-    memory of a call does not show them (they persist between calls), so they are reported apart."""
+    """What a deployed model holds beyond its parameters, after it has run: derived weights (Winograd-transformed
+    weights, (m + 2)^2 / 9 times their 3x3 weights; weight copies in another memory format) and this thread's
+    Winograd scratch buffers. Peak memory of a call does not show them (they persist between calls), so they are
+    reported apart."""
     convs = [m for m in model.modules() if isinstance(m, OneDNNConv2d)]
-    used = [m for m in convs if m.cached_weight_bytes() > 0]
-    return {"winograd_layers": len(used), "winograd_eligible_layers": sum(bool(m.winograd) for m in convs),
-            "transformed_weight_bytes": sum(m.cached_weight_bytes() for m in used),
+    winograd_layers = [m for m in convs if any(k.startswith("winograd") for k in m.kernel_choices.values())]
+    return {"winograd_layers": len(winograd_layers), "winograd_eligible_layers": sum(bool(m.winograd) for m in convs),
+            "derived_weight_bytes": sum(m.cached_weight_bytes() for m in convs),
             "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             "workspace_bytes": _winograd.workspace_bytes()}
+
+
+def kernel_report(infer_models: Dict[str, nn.Module], before: dict) -> dict:
+    """Kernels the deploy contenders' convolutions chose, per layer type (kernels.summarize), and what choosing
+    cost in this section (measurements, cache hits, seconds)."""
+    after = _kernels.stats()
+    chosen = {name: _kernels.summarize(m) for name, m in infer_models.items() if "deploy" in name}
+    return {"chosen": {k: v for k, v in chosen.items() if v},
+            "measured": after["measured"] - before["measured"], "cached": after["cached"] - before["cached"],
+            "seconds": after["seconds"] - before["seconds"]}
 
 
 def _fresh_copies(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
@@ -75,17 +102,31 @@ def _fresh_copies(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
 
 def _inference_contenders(models, macs, settings, *, deploy_detectron2):
     """The eval-mode models plus their deploy-path versions; the deployed ones count the MACs of their source.
-    "plugin-deploy-direct" (the deploy path without Winograd) shows what the Winograd layers add."""
+    "plugin-deploy-direct" (the deploy path without Winograd) shows what the Winograd layers add,
+    "plugin-deploy-rules" (the fixed kernel rule) what measuring the kernel choice adds; "-channels-last" and
+    "-fp16" / "-bf16" variants where Settings asks for them."""
     for m in models.values():
         m.eval()
+    plugin = models["plugin"]
     infer_models = dict(models)
-    infer_models["plugin-deploy"] = deployed(models["plugin"], settings)
-    if any(getattr(m, "winograd", False) for m in infer_models["plugin-deploy"].modules()):
-        infer_models["plugin-deploy-direct"] = deployed(models["plugin"], settings, winograd=False)
+    infer_models["plugin-deploy"] = deployed(plugin, settings)
+    modules = list(infer_models["plugin-deploy"].modules())
+    if any(getattr(m, "winograd", False) for m in modules):
+        infer_models["plugin-deploy-direct"] = deployed(plugin, settings, winograd=False)
+    if settings.kernels == "measure" and any(isinstance(m, OneDNNConv2d) for m in modules):
+        infer_models["plugin-deploy-rules"] = deployed(plugin, settings, kernels="rules")
     if deploy_detectron2:
         infer_models["detectron2-deploy"] = deployed(models["detectron2"], settings)
+    if settings.layout_variants:
+        infer_models["plugin-deploy-channels-last"] = deployed(plugin, settings, channels_last=True)
+    for precision in settings.precisions:
+        name = f"plugin-deploy-{SHORT_PRECISION[precision]}"
+        infer_models[name] = deployed(plugin, settings, precision=precision)
+        if settings.layout_variants:
+            infer_models[name + "-channels-last"] = deployed(plugin, settings, precision=precision,
+                                                             channels_last=True)
     if settings.compile:
-        infer_models["plugin-deploy-compile"] = deployed(models["plugin"], settings, compile=True)
+        infer_models["plugin-deploy-compile"] = deployed(plugin, settings, compile=True)
     for name in [n for n in infer_models if n not in macs]:
         macs[name] = macs["plugin" if name.startswith("plugin") else "detectron2"]
     return infer_models
@@ -101,9 +142,11 @@ def _max_rel_diff(a, b) -> float:
 def _summary(timings, reference, *, macs: Dict[str, int], images: int, passes: float,
              memory: Dict[str, Optional[int]]) -> dict:
     rel = ratios(timings, reference)
+    plugin = timings["plugin"].median if "plugin" in timings else None
     out = {}
     for name, t in timings.items():
         out[name] = dict(t.to_dict(), ratio_to_reference=rel[name], speedup_vs_reference=1.0 / rel[name],
+                         speedup_vs_plugin=plugin / t.median if plugin else None,
                          images_per_s=images / t.median, multiply_adds_per_image=macs.get(name),
                          achieved_gflops=(achieved_gflops(macs[name], images, t.median, passes=passes)
                                           if macs.get(name) else None),
@@ -136,13 +179,22 @@ def _timed_group(calls: Dict[str, Callable[[], object]], reference: str, setting
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _backbone_train_step(model, x):
+def _backbone_train_step(model, x, amp: bool = False):
+    # amp: the forward under autocast (the backward follows its dtypes); no GradScaler, which scales the loss
+    # without changing the work (there is no optimizer step to unscale for here)
+    precision = amp_dtype(x.device) if amp else None
+
     def step():
         model.zero_grad(set_to_none=True)
-        feats = model(x)
+        with autocast_forward(model, x.device, precision):
+            feats = model(x)
         sum(f.float().sum() for f in feats.values()).backward()
 
     return step
+
+
+def _amp_name(name: str) -> bool:
+    return name.endswith("-amp")
 
 
 def _inference_call(model, *args):
@@ -157,7 +209,11 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
                          settings: Settings) -> dict:
     """Training step (forward + backward) and inference of the plugin ResNet, detectron2's and torchvision's."""
     device = settings.device
-    models = _fresh_copies({k: m.to(device) for k, m in backbone_contenders(depth, norm, freeze_at, device).items()})
+    built = {k: m.to(device) for k, m in backbone_contenders(depth, norm, freeze_at, device).items()}
+    if settings.layout_variants:
+        built["plugin-channels-last"] = plugin_backbone(depth, norm, freeze_at, channels_last=True).to(device)
+        built["plugin-channels-last"].load_state_dict(built["detectron2"].state_dict())
+    models = _fresh_copies(built)
     x = torch.randn(batch, 3, size, size, device=device)
     macs = {k: multiply_adds(m, x[:1]) for k, m in models.items()}
 
@@ -165,21 +221,29 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
     if settings.noise_floor:
         train_models[NOISE_FLOOR] = copy.deepcopy(models["detectron2"])
         macs[NOISE_FLOOR] = macs["detectron2"]
+    if settings.amp:
+        for name in ("plugin", "detectron2"):
+            train_models[f"{name}-amp"] = copy.deepcopy(models[name])
+            macs[f"{name}-amp"] = macs[name]
     for m in train_models.values():
         m.train()
-    train = _timed_group({k: _backbone_train_step(m, x) for k, m in train_models.items()}, "detectron2", settings,
-                         repeats=settings.repeats, macs=macs, images=batch, passes=TRAIN_PASSES)
+    train = _timed_group({k: _backbone_train_step(m, x, amp=_amp_name(k)) for k, m in train_models.items()},
+                         "detectron2", settings, repeats=settings.repeats, macs=macs, images=batch,
+                         passes=TRAIN_PASSES)
 
     # the same deploy path applied to detectron2's own backbone too: what the folding / layout alone is worth
-    infer_models = _inference_contenders(models, macs, settings, deploy_detectron2=True)
-    with torch.no_grad():
+    infer_base = {k: m for k, m in models.items() if k != "plugin-channels-last"}  # deploy has its own variant
+    before = _kernels.stats()
+    infer_models = _inference_contenders(infer_base, macs, settings, deploy_detectron2=True)
+    with torch.no_grad():  # also the first call of each deploy contender: where the kernel choice is measured
         ref = models["detectron2"](x)
         check = {name: _max_rel_diff(infer_models[name](x), ref) for name in infer_models if name != "torchvision"}
+    kernel_choice = kernel_report(infer_models, before)
     infer = _timed_group({k: _inference_call(m, x) for k, m in infer_models.items()}, "detectron2", settings,
                          repeats=settings.repeats, macs=macs, images=batch, passes=1.0)
     return {"depth": depth, "norm": norm, "freeze_at": freeze_at, "batch": batch, "size": size,
             "max_rel_diff_vs_detectron2": check, "train": train, "inference": infer,
-            "deploy_state": deploy_state(infer_models["plugin-deploy"])}
+            "deploy_state": deploy_state(infer_models["plugin-deploy"]), "kernel_choice": kernel_choice}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,16 +251,37 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _detector_train_step(model, inputs, optimizer):
+def _grad_scaler(device: torch.device, dtype: torch.dtype):
+    """torch's GradScaler for float16 (what detectron2's AMPTrainer uses), None for bfloat16 (no scaling needed)."""
+    if dtype != torch.float16:
+        return None
+    amp = getattr(torch, "amp", None)
+    if amp is not None and hasattr(amp, "GradScaler"):
+        return amp.GradScaler(device.type)
+    return torch.cuda.amp.GradScaler()
+
+
+def _detector_train_step(model, inputs, optimizer, amp: bool = False, device: Optional[torch.device] = None):
+    """One training iteration: as detectron2's SimpleTrainer, or with amp as its AMPTrainer on CUDA (float16
+    autocast forward, GradScaler) / the plugin's CPUAMPTrainer (bfloat16 autocast forward)."""
     from detectron2.utils.events import EventStorage
+
+    precision = amp_dtype(device) if amp else None
+    scaler = _grad_scaler(device, precision) if amp else None
 
     def step():
         with EventStorage(0):  # the heads log scalars into the current storage while training
-            losses = model(inputs)
+            with autocast_forward(model, device or "cpu", precision):
+                losses = model(inputs)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            if scaler is None:
+                total.backward()
+                optimizer.step()
+            else:
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
 
     return step
 
@@ -224,6 +309,11 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
         models["detectron2"] = build_detector(builtin_c4_cfg(cfg))
         # same weights (same parameter names), so both make the same proposals and sample alike
         models["plugin"].load_state_dict(models["detectron2"].state_dict())
+        if settings.layout_variants:
+            cl_cfg = cfg.clone()
+            cl_cfg.MODEL.RB_RESNET.CHANNELS_LAST = True
+            models["plugin-channels-last"] = build_detector(cl_cfg)
+            models["plugin-channels-last"].load_state_dict(models["detectron2"].state_dict())
     models = _fresh_copies(models)
     reference = "detectron2" if kind == "c4" else "plugin"
     inputs = detector_inputs(images, height, width, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
@@ -236,20 +326,28 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
     if settings.noise_floor and kind == "c4":
         train_models[NOISE_FLOOR] = copy.deepcopy(models[reference])
         macs[NOISE_FLOOR] = macs[reference]
+    if settings.amp:
+        for name in [n for n in ("plugin", "detectron2") if n in models]:
+            train_models[f"{name}-amp"] = copy.deepcopy(models[name])
+            macs[f"{name}-amp"] = macs[name]
     for m in train_models.values():
         m.train()
-    train = _timed_group({k: _detector_train_step(m, inputs, _sgd(m)) for k, m in train_models.items()},
+    train = _timed_group({k: _detector_train_step(m, inputs, _sgd(m), amp=_amp_name(k), device=device)
+                          for k, m in train_models.items()},
                          reference, settings, repeats=settings.repeats, macs=macs, images=images,
                          passes=TRAIN_PASSES)
 
-    infer_models = _inference_contenders(models, macs, settings, deploy_detectron2=kind == "c4")
-    with torch.no_grad():
+    infer_base = {k: m for k, m in models.items() if k != "plugin-channels-last"}  # deploy has its own variant
+    before = _kernels.stats()
+    infer_models = _inference_contenders(infer_base, macs, settings, deploy_detectron2=kind == "c4")
+    with torch.no_grad():  # also the first call of each deploy contender: where the kernel choice is measured
         counts = {name: _detection_counts(m(inputs)) for name, m in infer_models.items()}
+    kernel_choice = kernel_report(infer_models, before)
     infer = _timed_group({k: _inference_call(m, inputs) for k, m in infer_models.items()}, reference, settings,
                          repeats=settings.repeats, macs=macs, images=images, passes=1.0)
     return {"kind": kind, "config": config_file, "images": images, "height": height, "width": width,
             "detections_per_image": counts, "train": train, "inference": infer,
-            "deploy_state": deploy_state(infer_models["plugin-deploy"])}
+            "deploy_state": deploy_state(infer_models["plugin-deploy"]), "kernel_choice": kernel_choice}
 
 
 # ---------------------------------------------------------------------------------------------------------------
