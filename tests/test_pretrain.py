@@ -18,7 +18,7 @@ from resnet_backbone.data.transforms import IMAGENET_TORCHVISION, Preprocessing
 from resnet_backbone.engine.classification_eval import evaluate_classifier, topk_correct
 from resnet_backbone.engine.config_io import load_config
 from resnet_backbone.engine.export import EXPORT_NAME, export_for_detection
-from resnet_backbone.engine.pretrain import NonFiniteLossError, PretrainRun, run_pretraining
+from resnet_backbone.engine.pretrain import NonFiniteLossError, PretrainRun, evaluate_pretrained, run_pretraining
 from resnet_backbone.engine.pretrain_data import (
     IterationBatchSampler,
     build_pretrain_dataset,
@@ -215,6 +215,18 @@ def test_ten_crop_agrees_with_one_crop(trained):
     assert single == pytest.approx(repeated)
 
 
+def test_evaluate_only_reproduces_the_final_evaluation(trained):
+    cfg, results = trained
+    again = evaluate_pretrained(cfg)  # default: OUTPUT_DIR's last checkpoint, model_final.pth
+    assert again["weights"] == results["checkpoint"]
+    assert again["val"] == pytest.approx(results["val"]) and again["val10"] == pytest.approx(results["val10"])
+    other = cfg.clone()
+    other.defrost()
+    other.PRETRAIN.MODEL = "cifar_resnet14"
+    with pytest.raises(ValueError, match="does not fit the model"):
+        evaluate_pretrained(other, results["checkpoint"])
+
+
 def test_topk_counts():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5]])
     assert topk_correct(logits, torch.tensor([1, 2, 0]), ks=(1, 2, 5)) == {1: 1, 2: 2, 5: 3}
@@ -370,7 +382,8 @@ def test_exported_resnet101_loads_into_frcnn_r101(tmp_path):
 @pytest.mark.slow
 def test_exported_vgg16_loads_into_frcnn_vgg16(tmp_path):
     classifier = create_model("vgg16", num_classes=10)
-    prep = Preprocessing((103.53, 116.28, 123.675), (1.0, 1.0, 1.0), "BGR", 255)
+    # the input convention of frcnn_vgg16.yaml (torchvision's VGG-16 weights: RGB, mean / std)
+    prep = Preprocessing((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "RGB", 255)
     weights, _ = export_for_detection(classifier, str(tmp_path / "vgg16.pkl"), prep, model_name="vgg16")
     detector, report = _load_into_detector("frcnn_vgg16.yaml", weights)
     missing = [k for k, _ in report.missing]

@@ -19,7 +19,7 @@ from .classification_eval import evaluate_classifier
 from .config_io import check_device
 from .pretrain_checkpoint import PretrainCheckpointer
 from .pretrain_data import build_eval_loader, build_pretrain_dataset, uses_ten_crop
-from .pretrain_loop import NonFiniteLossError, PretrainRun, build_classifier, load_classifier_weights
+from .pretrain_loop import NonFiniteLossError, PretrainRun, build_classifier
 
 __all__ = ["NonFiniteLossError", "PretrainRun", "run_pretraining", "evaluate_pretrained"]
 
@@ -42,13 +42,13 @@ def evaluate_pretrained(cfg, weights: str | None = None) -> dict:
     checkpoint.
     """
     check_device(cfg.MODEL.DEVICE)
-    weights = weights or cfg.MODEL.WEIGHTS or PretrainCheckpointer(cfg.OUTPUT_DIR).last_checkpoint()
+    val_set = build_pretrain_dataset(cfg, "val")
+    model = build_classifier(cfg, cfg.PRETRAIN.NUM_CLASSES or len(val_set.classes))
+    checkpointer = PretrainCheckpointer(model, cfg.OUTPUT_DIR)
+    weights = weights or cfg.MODEL.WEIGHTS or checkpointer.get_checkpoint_file()
     if not weights:
         raise ValueError(f"nothing to evaluate: MODEL.WEIGHTS is empty and {cfg.OUTPUT_DIR} holds no checkpoint")
-    val_set = build_pretrain_dataset(cfg, "val")
-    num_classes = cfg.PRETRAIN.NUM_CLASSES or len(val_set.classes)
-    model = build_classifier(cfg, num_classes)
-    load_classifier_weights(model, weights)
+    checkpointer.load(weights, checkpointables=[])  # every key must fit (strict)
     device = torch.device(cfg.MODEL.DEVICE)
     model.to(device)
     results = {"model": cfg.PRETRAIN.MODEL, "weights": weights,

@@ -1,40 +1,40 @@
-"""Resumable checkpoints of the pretraining stage: written atomically, read without running code.
+"""Resumable checkpoints of the pretraining stage: the detection checkpointer's layout with the pretraining extras.
 
-A checkpoint holds everything a run needs to continue as if it had never stopped: the model, the optimizer
-(momentum buffers), the lr schedule's state, the next iteration (which also fixes the data position, see
-pretrain_data.IterationBatchSampler), the run's seed and every rank's torch / numpy / python RNG states.
-Files are `OUTPUT_DIR/model_{iteration:07d}.pth` and `model_final.pth`, with detectron2's `last_checkpoint` tag
-naming the newest one; both are replaced atomically (temporary file + rename), so a run killed while saving
-leaves the previous checkpoint and its tag intact.
+`PretrainCheckpointer` is `SafeDetectionCheckpointer` (``OUTPUT_DIR/{name}.pth`` + ``last_checkpoint``, atomic
+writes, reads that cannot run code, strict loads) holding the model, the optimizer (momentum buffers) and the lr
+schedule as fvcore checkpointables. On top: the files are ``model_{iteration:07d}.pth`` (iterations completed) and
+``model_final.pth``, the newest ``keep`` periodic ones are kept, and a checkpoint also records the run's seed, its
+position (the iteration, which fixes the data position too: pretrain_data.IterationBatchSampler) and every rank's
+torch / numpy / python RNG states, so a resumed run continues as if it had never stopped. Resuming checks first
+that the checkpoint belongs to this run's model.
 """
 from __future__ import annotations
 
-import logging
 import os
 import random
+from typing import Mapping
 
 import numpy as np
 import torch
 
-from ..checkpoint.safe_load import load_file
-from ..utils.atomic import atomic_save, atomic_write_text, temporary_target
+from ..checkpoint.checkpointer import SafeDetectionCheckpointer
+from ..modeling.options import check_int
 
-__all__ = ["PretrainCheckpointer", "capture_rng_state", "restore_rng_state"]
+__all__ = ["FINAL_NAME", "PretrainCheckpointer", "capture_rng_state", "restore_rng_state"]
 
-logger = logging.getLogger(__name__)
-
-TAG_FILE = "last_checkpoint"  # detectron2's name for the tag
 FINAL_NAME = "model_final"
+# What a pretraining checkpoint holds besides the model and the checkpointables.
+EXTRAS = ("iteration", "seed", "rng", "model_name", "num_classes", "precise_bn_done")
 
 
-def _is_periodic(name: str) -> bool:
+def periodic_name(iteration: int) -> str:
+    return f"model_{iteration:07d}"
+
+
+def _is_periodic(filename: str) -> bool:
     """model_<7 digits>.pth: a periodic checkpoint (FINAL_NAME is never pruned)."""
-    stem = name[len("model_"):-len(".pth")]
-    return name.startswith("model_") and name.endswith(".pth") and len(stem) == 7 and stem.isdigit()
-
-
-def _is_checkpoint(name: str) -> bool:
-    return _is_periodic(name) or name == f"{FINAL_NAME}.pth"
+    stem = filename[len("model_"):-len(".pth")]
+    return filename.startswith("model_") and filename.endswith(".pth") and len(stem) == 7 and stem.isdigit()
 
 
 def capture_rng_state() -> dict:
@@ -62,63 +62,52 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class PretrainCheckpointer:
-    """Saves and finds the run's checkpoints in ``save_dir``; keeps the newest ``keep`` periodic ones (0: all)."""
+class PretrainCheckpointer(SafeDetectionCheckpointer):
+    """Checkpoints of one pretraining run in ``save_dir``: ``save(name, **extras)`` / ``resume(expect)``.
 
-    def __init__(self, save_dir: str, keep: int = 0):
-        if keep < 0:
-            raise ValueError(f"PRETRAIN.KEEP_CHECKPOINTS must be >= 0, got {keep}")
-        self.save_dir, self.keep = save_dir, keep
+    model, optimizer, schedule: what each checkpoint holds (the model unwrapped from DistributedDataParallel).
+    keep: the newest ``keep`` periodic checkpoints are kept (0: all); model_final.pth always.
+    Only the main process writes; every process reads.
+    """
+
+    def __init__(self, model: torch.nn.Module, save_dir: str, *, keep: int = 0, **checkpointables):
+        super().__init__(model, save_dir, strict=True, **checkpointables)
+        self.keep = check_int("PRETRAIN.KEEP_CHECKPOINTS", keep, 0)
+        self._expect: Mapping | None = None
 
     def path(self, name: str) -> str:
         return os.path.join(self.save_dir, f"{name}.pth")
 
-    def save(self, name: str, state: dict) -> str:
-        """Write ``state`` to ``{save_dir}/{name}.pth`` and point the tag at it, both atomically."""
-        os.makedirs(self.save_dir, exist_ok=True)
-        path = self.path(name)
-        atomic_save(state, path)
-        atomic_write_text(os.path.join(self.save_dir, TAG_FILE), os.path.basename(path))
-        logger.info("saved checkpoint %s", path)
-        self._prune(keep_name=os.path.basename(path))
-        return path
+    def save(self, name: str, **extras) -> None:
+        """Write ``{save_dir}/{name}.pth`` (model, checkpointables, ``extras``) and its tag, then prune."""
+        super().save(name, **extras)
+        if self.save_to_disk and self.keep:
+            periodic = sorted(f for f in os.listdir(self.save_dir) if _is_periodic(f) and f != f"{name}.pth")
+            for old in periodic[:max(0, len(periodic) - (self.keep - 1))]:
+                os.remove(os.path.join(self.save_dir, old))
 
-    def _prune(self, keep_name: str) -> None:
-        if not self.keep:
-            return
-        periodic = sorted(f for f in os.listdir(self.save_dir) if _is_periodic(f) and f != keep_name)
-        for old in periodic[:max(0, len(periodic) - (self.keep - 1))]:
-            os.remove(os.path.join(self.save_dir, old))
+    def resume(self, expect: Mapping) -> tuple[str, dict] | tuple[None, None]:
+        """Load the tagged checkpoint into the model and checkpointables; returns (path, its extras), or
+        (None, None) when the run has saved none yet. ``expect``: extras that must match this run (model_name,
+        num_classes), checked before anything is loaded."""
+        if not self.has_checkpoint():
+            return None, None
+        path = self.get_checkpoint_file()
+        self._expect = expect
+        try:
+            return path, self.load(path)
+        finally:
+            self._expect = None
 
-    def remove_stale_temporaries(self) -> list:
-        """Delete checkpoint temporaries left by a killed save (call only when no other process writes here)."""
-        if not os.path.isdir(self.save_dir):
-            return []
-        stale = sorted(f for f in os.listdir(self.save_dir) if _is_checkpoint(temporary_target(f) or ""))
-        for name in stale:
-            os.remove(os.path.join(self.save_dir, name))
-            logger.info("removed %s, left by a save that did not complete", name)
-        return stale
-
-    def last_checkpoint(self) -> str | None:
-        """The tagged checkpoint, or None when the run has saved none yet."""
-        tag = os.path.join(self.save_dir, TAG_FILE)
-        if not os.path.isfile(tag):
-            return None
-        with open(tag) as f:
-            name = f.read().strip()
-        path = os.path.join(self.save_dir, name)
-        if not name or os.path.basename(name) != name or not os.path.isfile(path):
-            raise FileNotFoundError(f"{tag} names {name!r}, but {path} does not exist; delete the tag to start the "
-                                    f"run afresh, or point it at one of the model_*.pth files in {self.save_dir}")
-        return path
-
-    @staticmethod
-    def load(path: str) -> dict:
-        """A checkpoint's contents (safe_load: no code runs; a truncated file raises CorruptCheckpointError)."""
-        state = load_file(path)
-        missing = [k for k in ("model", "optimizer", "schedule", "iteration", "seed", "rng") if k not in state]
-        if missing:
-            raise ValueError(f"{path} is not a pretraining checkpoint of this package: it lacks {missing} "
-                             f"(has {sorted(state)})")
-        return state
+    def _load_file(self, filename: str) -> dict:
+        data = super()._load_file(filename)
+        if self._expect is not None:
+            lacking = [k for k in ("model", *self.checkpointables, *EXTRAS) if k not in data]
+            if lacking:
+                raise ValueError(f"{filename} is not a pretraining checkpoint of this package: it lacks {lacking} "
+                                 f"(has {sorted(data)})")
+            for key, have in self._expect.items():
+                if data[key] != have:
+                    raise ValueError(f"cannot resume from {filename}: it was saved with {key}={data[key]!r}, this "
+                                     f"config has {have!r}; use another OUTPUT_DIR or drop --resume")
+        return data

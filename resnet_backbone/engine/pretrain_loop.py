@@ -21,13 +21,18 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
-from ..checkpoint.safe_load import load_file, state_dict_from
 from ..modeling import create_model
 from ..utils.atomic import atomic_write_text
 from .classification_eval import evaluate_classifier, recompute_bn_stats
 from .config_io import check_device
 from .export import EXPORT_NAME, export_for_detection
-from .pretrain_checkpoint import FINAL_NAME, PretrainCheckpointer, capture_rng_state, restore_rng_state
+from .pretrain_checkpoint import (
+    FINAL_NAME,
+    PretrainCheckpointer,
+    capture_rng_state,
+    periodic_name,
+    restore_rng_state,
+)
 from .pretrain_data import (
     build_eval_loader,
     build_pretrain_dataset,
@@ -38,7 +43,7 @@ from .pretrain_data import (
 from .pretrain_metrics import MetricsWriter, format_eta
 from .pretrain_schedule import LRSchedule
 
-__all__ = ["NonFiniteLossError", "PretrainRun", "build_classifier", "load_classifier_weights", "RESULTS_FILE"]
+__all__ = ["NonFiniteLossError", "PretrainRun", "build_classifier", "RESULTS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +65,6 @@ def build_classifier(cfg, num_classes: int) -> nn.Module:
     if p.NORM != "BN":
         options["norm"] = p.NORM
     return create_model(p.MODEL, **options)
-
-
-def load_classifier_weights(model: nn.Module, path: str) -> None:
-    """Load a pretraining checkpoint or a bare classifier state dict into ``model``, every key required."""
-    state = state_dict_from(load_file(path))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path} does not fit {type(model).__name__}: missing {list(result.missing_keys)[:8]}, "
-                         f"unexpected {list(result.unexpected_keys)[:8]} (a checkpoint of another model or depth?)")
 
 
 def _check_cfg(cfg):
@@ -95,7 +91,7 @@ class PretrainRun:
         self.cfg = cfg
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.max_iter = cfg.PRETRAIN.SOLVER.MAX_ITER
-        self.checkpointer = PretrainCheckpointer(cfg.OUTPUT_DIR, cfg.PRETRAIN.KEEP_CHECKPOINTS)
+        self.checkpointer = None  # made with the model, in start()
         self.train_set = build_pretrain_dataset(cfg, "train")
         self.val_set = build_pretrain_dataset(cfg, "val")
         classes = len(self.train_set.classes)
@@ -115,45 +111,37 @@ class PretrainRun:
         Returns the iteration training continues from.
         """
         cfg, s = self.cfg, self.cfg.PRETRAIN.SOLVER
-        if resume and comm.is_main_process():
-            self.checkpointer.remove_stale_temporaries()
-        path = self.checkpointer.last_checkpoint() if resume else None
-        state = PretrainCheckpointer.load(path) if path else None
-        if state is not None:
-            self.seed = int(state["seed"])
-        else:
-            # SEED < 0: one random seed shared by all ranks, stored in the checkpoints.
-            self.seed = cfg.SEED if cfg.SEED >= 0 else int(comm.shared_random_seed())
-        torch.manual_seed(self.seed)  # the same initial weights on every rank
+        # SEED < 0: one random seed shared by all ranks, stored in the checkpoints (a resumed run takes its own).
+        seed = cfg.SEED if cfg.SEED >= 0 else int(comm.shared_random_seed())
+        torch.manual_seed(seed)  # the same initial weights on every rank
         model = build_classifier(cfg, self.num_classes).to(self.device)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=s.BASE_LR, momentum=s.MOMENTUM,
                                          weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
         self.schedule = LRSchedule.from_cfg(cfg)
+        self.checkpointer = PretrainCheckpointer(model, cfg.OUTPUT_DIR, keep=cfg.PRETRAIN.KEEP_CHECKPOINTS,
+                                                 optimizer=self.optimizer, schedule=self.schedule)
         self.precise_bn_done = False
-        if state is None:
-            self.start_iter = 0
+        path, extras = None, None
+        if resume:
+            if comm.is_main_process():
+                self.checkpointer.remove_stale_temporaries()
+            path, extras = self.checkpointer.resume(
+                expect={"model_name": cfg.PRETRAIN.MODEL, "num_classes": self.num_classes})
+        if extras is None:
+            self.seed, self.start_iter = seed, 0
             seed_all_rng(self.seed + comm.get_rank())
         else:
-            self._restore(model, state, path)
+            self._restore(path, extras)
         self.model = create_ddp_model(model, broadcast_buffers=False,
                                       device_ids=[comm.get_local_rank()] if self.device.type == "cuda" else None)
         self.module = model
         return self.start_iter
 
-    def _restore(self, model, state, path):
-        for key, have in (("model_name", self.cfg.PRETRAIN.MODEL), ("num_classes", self.num_classes)):
-            if state.get(key) != have:
-                raise ValueError(f"cannot resume from {path}: it was saved with {key}={state.get(key)!r}, this "
-                                 f"config has {have!r}; use another OUTPUT_DIR or drop --resume")
-        try:
-            model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError) as e:  # e.g. another PRETRAIN.SHORTCUT / NORM than the saved run's
-            raise ValueError(f"cannot resume from {path}: it does not fit this config's model: {e}") from None
-        self.schedule.load_state_dict(state["schedule"])
-        self.start_iter = int(state["iteration"])
-        self.precise_bn_done = bool(state.get("precise_bn_done", False))
-        rng = state["rng"]
+    def _restore(self, path, extras):
+        self.seed = int(extras["seed"])
+        self.start_iter = int(extras["iteration"])
+        self.precise_bn_done = bool(extras["precise_bn_done"])
+        rng = extras["rng"]
         if len(rng) == comm.get_world_size():
             restore_rng_state(rng[comm.get_rank()])
         else:
@@ -165,12 +153,8 @@ class PretrainRun:
 
     def _save(self, name: str, iteration: int) -> None:
         rng = comm.all_gather(capture_rng_state())  # every rank's stream, so a resumed DDP run is exact too
-        if comm.is_main_process():
-            state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "schedule": self.schedule.state_dict(), "iteration": iteration, "seed": self.seed, "rng": rng,
-                     "model_name": self.cfg.PRETRAIN.MODEL, "num_classes": self.num_classes,
-                     "precise_bn_done": self.precise_bn_done}
-            self.checkpointer.save(name, state)
+        self.checkpointer.save(name, iteration=iteration, seed=self.seed, rng=rng, model_name=self.cfg.PRETRAIN.MODEL,
+                               num_classes=self.num_classes, precise_bn_done=self.precise_bn_done)
         comm.synchronize()
         self.last_checkpoint = self.checkpointer.path(name)
 
@@ -233,13 +217,13 @@ class PretrainRun:
                 if done == self.max_iter:
                     self._save(FINAL_NAME, done)
                 elif done % p.CHECKPOINT_PERIOD == 0:
-                    self._save(f"model_{done:07d}", done)
+                    self._save(periodic_name(done), done)
         finally:
             del data_iter
             writer.close()
 
     def _non_finite_message(self, it: int, value: float) -> str:
-        last = self.last_checkpoint or self.checkpointer.last_checkpoint()
+        last = self.last_checkpoint or self.checkpointer.get_checkpoint_file()
         where = f"last good checkpoint: {last}" if last else "no checkpoint was saved before it"
         return (f"non-finite training loss ({value}) at iteration {it + 1} of {self.max_iter} "
                 f"(lr {self.schedule.lr(it):.4g}); {where}. Training stopped. Lower PRETRAIN.SOLVER.BASE_LR or add "
