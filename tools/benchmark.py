@@ -24,6 +24,9 @@ Sections (all on the same inputs within a section; contenders alternate round by
   vgg16      the plugin's VGG-16 Faster R-CNN (configs/coco/frcnn_vgg16.yaml): training iteration and inference.
   pipeline   images/s of the pretraining input pipeline (PNG decode + scale augmentation + crop + flip + lighting,
              per worker) next to images/s a plugin classifier consumes in a training step.
+  demo       (only when listed) --demo-iters iterations of the demo's detector (configs/coco/frcnn_r101.yaml +
+             configs/demo) through tools/train_net.py, the plugin's and detectron2's built-in R-101-C4 one after
+             the other: seconds per iteration, ratio, AP50.
 Per contender: multiply-adds per image (fvcore, weight layers), achieved GFLOP/s next to a torch.mm peak, the peak
 memory of one call (CUDA allocator peak; on CPU the rise of the resident set), and the speedup against the group's
 reference and against the plugin without deploy. The header names the CPU and its SIMD flags (and the GPU); each
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("backbone", "c4", "vgg16", "pipeline")
+OPTIONAL_SECTIONS = ("demo",)  # only when asked for (--sections ... demo): minutes of training
 # --quick: every section on tiny inputs (a smoke test of the tool, not a measurement)
 QUICK = dict(depths=[50], batch=1, size=64, det_images=1, det_size=[128, 160], repeats=1, warmup=0, memory_rounds=1,
              pipeline_image_size=64, pipeline_scale=[64, 80], pipeline_crop=56, pipeline_batch=2,
@@ -53,7 +57,9 @@ QUICK = dict(depths=[50], batch=1, size=64, det_images=1, det_size=[128, 160], r
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, help="what to measure")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS + OPTIONAL_SECTIONS,
+                   help="what to measure")
+    p.add_argument("--demo-iters", type=int, default=100, help="training iterations of each demo run")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per group (each contender once a round)")
@@ -111,6 +117,8 @@ def _check_args(args):
         raise SystemExit(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    if "demo" in args.sections and args.demo_iters <= 20:
+        raise SystemExit(f"--demo-iters must be > 20 (the first 20 iterations are not timed), got {args.demo_iters}")
     if min(args.det_size) < 64:
         raise SystemExit(f"--det-size must be >= 64 on both sides, got {args.det_size}")
 
@@ -182,6 +190,11 @@ def _measure(args, device, torch, log) -> dict:
             model_name=args.pipeline_model, batch=args.pipeline_batch, crop_size=args.pipeline_crop,
             image_size=args.pipeline_image_size, scale=tuple(args.pipeline_scale), num_workers=workers,
             num_batches=args.pipeline_batches, settings=settings, root=args.pipeline_root)
+    if "demo" in args.sections:
+        from resnet_backbone.benchmarking.demo_pair import run_demo_pair
+
+        sections["demo"] = run_demo_pair(str(Path(args.output_dir) / "demo"), device=str(device),
+                                         iters=args.demo_iters, log=log.info)
     results["seconds"] = time.perf_counter() - start
     # measured again at the end and the best kept: on a shared machine one measurement can hit a busy moment
     env = results["environment"]

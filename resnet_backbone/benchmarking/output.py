@@ -107,6 +107,16 @@ def format_table(results: dict) -> str:
                      f"scale {tuple(lp['scale'])} crop {lp['crop_size']}); {pipe['model']} trains on "
                      f"{pipe['model_images_per_s']:.1f} images/s -> {pipe['workers_needed_to_keep_up']:.2f} "
                      f"worker(s) keep up")
+    demo = results.get("sections", {}).get("demo")
+    if demo:
+        parts = []
+        for name, c in demo["contenders"].items():
+            spi = c.get("seconds_per_iteration")
+            parts.append(f"{name} {spi:.3f} s/iter, AP50 {c.get('AP50')}" if c["ok"] and spi else f"{name} FAILED")
+        ratio = demo.get("time_ratio_plugin_over_detectron2")
+        lines.append(f"demo detector ({demo['iterations']} iterations on {demo['device']}, first "
+                     f"{demo['warmup_iterations']} not timed): " + "; ".join(parts)
+                     + (f"; time plugin / detectron2 = {ratio:.3f}" if ratio else ""))
     for line in check_targets(results):
         lines.append(line)
     return "\n".join(lines)
