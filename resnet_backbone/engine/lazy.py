@@ -1,0 +1,158 @@
+"""LazyConfig support (detectron2's Python configs: configs/lazy/, tools/lazy_train_net.py).
+
+* `load_lazy_config(path, overrides)`: LazyConfig.load + "key=value" overrides, where a key that is not in the
+  config (and is not an argument of the object it configures) is an error naming close keys, instead of
+  detectron2's silent new key.
+* `detection_evaluator(dataset_name, mask_on, output_dir)`: the plugin's evaluator choice (COCO or VOC metric, from
+  the dataset's metadata) as a LazyConfig target.
+* `yacs_view(cfg)`: the yacs keys that the plugin's checks read (weights preprocessing, the results file), filled
+  from a LazyConfig; one translation, so that those checks exist once.
+"""
+import ast
+import difflib
+import inspect
+import os
+from typing import List, Sequence
+
+from detectron2.config import CfgNode, LazyConfig, get_cfg
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ..config import add_resnet_backbone_config
+from .trainer import build_detection_evaluator
+
+__all__ = ["detection_evaluator", "dataset_names", "load_lazy_config", "parse_override", "yacs_view"]
+
+
+def _all_keys(node, prefix="") -> List[str]:
+    keys = []
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node) if isinstance(node, ListConfig) else ()
+    for k, v in items:
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, (DictConfig, ListConfig)):
+            keys.extend(_all_keys(v, full + "."))
+    return keys
+
+
+def _accepts(target, name: str) -> bool:
+    """Whether the callable `target` of a LazyCall node takes a keyword argument `name`."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return True  # no signature to check against (a builtin): let detectron2 instantiate it and complain
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _check_override_key(cfg, key: str):
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None, throw_on_missing=False) if parent_key else cfg
+    if isinstance(parent, DictConfig) and leaf in parent:
+        return
+    if isinstance(parent, ListConfig) and leaf.isdigit() and int(leaf) < len(parent):
+        return
+    if isinstance(parent, DictConfig) and "_target_" in parent and _accepts(parent["_target_"], leaf):
+        return  # an argument the config leaves at its default, e.g. model.backbone.drop_path_rate
+    close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown config key {key!r} in the command-line overrides: the config has no such key and "
+                     f"nothing there takes it as an argument.{hint}")
+
+
+def parse_override(item: str):
+    """"key=value" -> (key, value): the value as a Python literal (100, 0.5, True, None, [64], "a=b"), else the
+    text itself (train.device=cpu). One grammar whether or not hydra is installed (detectron2 parses with hydra's
+    when it is, and without it fails on a bare word)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"LazyConfig overrides are key=value (e.g. train.max_iter=100), got {item!r}")
+    try:
+        return key, ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return key, text
+
+
+def load_lazy_config(path: str, overrides: Sequence[str] = ()):
+    """LazyConfig.load(path) with `overrides` ("key=value", see `parse_override`) applied, each key checked first."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path!r} (LazyConfigs live under configs/lazy)")
+    if os.path.splitext(path)[1] not in (".py", ".yaml", ".yml"):
+        raise ValueError(f"{path!r} is not a LazyConfig: a .py file, or the config.yaml a LazyConfig run saved")
+    cfg = LazyConfig.load(path)
+    if "model" not in cfg:
+        raise ValueError(f"{path!r} is not a LazyConfig (it defines no `model`; top-level keys: {list(cfg)}); "
+                         "yacs YAML configs (configs/coco, configs/voc) run with tools/train_net.py")
+    for item in overrides or ():
+        key, value = parse_override(item)
+        _check_override_key(cfg, key)
+        OmegaConf.update(cfg, key, value, merge=True)
+    return cfg
+
+
+def dataset_names(names) -> List[str]:
+    """A dataset `names` argument (one name or a list) as a list."""
+    return [names] if isinstance(names, str) else list(names)
+
+
+def detection_evaluator(dataset_name, *, mask_on: bool = False, output_dir: str = "./output"):
+    """The evaluator of one dataset (COCO mAP@[.5:.95] / mAP@.5 or VOC mAP@.5, from its metadata); COCO results go
+    to `output_dir`/inference/<dataset>. `mask_on`: also score the masks (segm)."""
+    names = dataset_names(dataset_name)
+    if len(names) != 1:
+        raise ValueError(f"an evaluator scores one dataset, got {names}; tools/lazy_train_net.py evaluates each of "
+                         "dataloader.test.dataset.names in turn")
+    view = get_cfg()
+    add_resnet_backbone_config(view)
+    view.MODEL.MASK_ON, view.OUTPUT_DIR = bool(mask_on), output_dir
+    return build_detection_evaluator(view, names[0], os.path.join(output_dir, "inference", names[0]))
+
+
+def _target_name(node) -> str:
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    return getattr(target, "__name__", str(target).rpartition(".")[2]) if target is not None else ""
+
+
+def yacs_view(cfg) -> CfgNode:
+    """A yacs config holding what a LazyConfig `cfg` says about the keys the plugin's checks read: MODEL.WEIGHTS,
+    DEVICE, PIXEL_MEAN / STD, META_ARCHITECTURE, BACKBONE.NAME, RESNETS.{DEPTH, NORM, STRIDE_IN_1X1},
+    RB_RESNET.SHORTCUT, MASK_ON, RB_WEIGHTS.*, INPUT.FORMAT, DATASETS.*, OUTPUT_DIR (the rest keeps defaults)."""
+    view = get_cfg()
+    add_resnet_backbone_config(view)
+    model, train = cfg.model, cfg.train
+    view.MODEL.WEIGHTS = train.get("init_checkpoint", "")
+    view.MODEL.DEVICE = train.get("device", "cuda")
+    view.OUTPUT_DIR = train.get("output_dir", "./output")
+    view.MODEL.RB_WEIGHTS.ALLOW_PARTIAL = bool(train.get("allow_partial", False))
+    view.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING = bool(train.get("check_preprocessing", True))
+    if "ALLOW_RANDOM_FROZEN" in view.MODEL.RB_WEIGHTS:
+        view.MODEL.RB_WEIGHTS.ALLOW_RANDOM_FROZEN = bool(train.get("allow_random_frozen", False))
+    view.MODEL.META_ARCHITECTURE = _target_name(model)
+    for key in ("pixel_mean", "pixel_std"):
+        if key in model:
+            setattr(view.MODEL, key.upper(), [float(v) for v in model[key]])
+    view.INPUT.FORMAT = model.get("input_format", None) or view.INPUT.FORMAT
+    backbone = model.get("backbone", DictConfig({}))
+    bottom_up = backbone.get("bottom_up", None)
+    net = bottom_up if bottom_up is not None else backbone
+    kind = _target_name(net)
+    if kind == "VGG":
+        view.MODEL.BACKBONE.NAME = "build_rb_vgg16_backbone"
+    elif kind == "ResNet":
+        top = _target_name(backbone.get("top_block", None))
+        view.MODEL.BACKBONE.NAME = ("build_rb_resnet_backbone" if bottom_up is None else
+                                    "build_rb_retinanet_resnet_fpn_backbone" if top == "LastLevelP6P7" else
+                                    "build_rb_resnet_fpn_backbone")
+        view.MODEL.RESNETS.DEPTH = int(net.depth)
+        view.MODEL.RESNETS.NORM = net.get("norm", "BN")
+        view.MODEL.RESNETS.STRIDE_IN_1X1 = bool(net.get("stride_in_1x1", True))
+        view.MODEL.RB_RESNET.SHORTCUT = net.get("shortcut", None) or "B"
+        view.MODEL.RB_RESNET.VARIANT = net.get("variant", "imagenet")
+    else:
+        view.MODEL.BACKBONE.NAME = kind
+    roi_heads = model.get("roi_heads", None)
+    view.MODEL.MASK_ON = bool(roi_heads is not None and roi_heads.get("mask_head", None) is not None)
+    loaders = cfg.get("dataloader", DictConfig({}))
+    for split, key in (("train", "TRAIN"), ("test", "TEST")):
+        names = OmegaConf.select(loaders, f"{split}.dataset.names", default=None)
+        if names is not None:
+            setattr(view.DATASETS, key, tuple(dataset_names(names)))
+    return view

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Train / evaluate a detector from a LazyConfig (configs/lazy/*.py), as detectron2's tools/lazyconfig_train_net.py
+does, with the plugin's safe checkpointer, weight checks, evaluator choice and embedded datasets.
+
+    python tools/lazy_train_net.py --config configs/lazy/frcnn_r101.py --num-gpus 8
+    python tools/lazy_train_net.py --config configs/lazy/frcnn_vgg16.py --eval-only train.init_checkpoint=out/model_final.pth
+
+Overrides are detectron2's LazyConfig ones, key=value (train.device=cpu, model.backbone.depth=50, ...); a key the
+config does not have is an error. Every name in dataloader.test.dataset.names is evaluated, each with its own metric
+(COCO or VOC, from the dataset), and the results are written to train.output_dir/eval_results.json.
+"""
+import logging
+import sys
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from detectron2.config import instantiate  # noqa: E402
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks  # noqa: E402
+from detectron2.engine.defaults import create_ddp_model  # noqa: E402
+from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
+from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
+from resnet_backbone.checkpoint.frozen import check_frozen_layers_loaded, loaded_keys  # noqa: E402
+from resnet_backbone.checkpoint.preprocessing import check_preprocessing  # noqa: E402
+from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
+from resnet_backbone.engine.config_io import check_device  # noqa: E402
+from resnet_backbone.engine.launch import build_argument_parser, check_launch_args, launch_checked  # noqa: E402
+from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view  # noqa: E402
+from resnet_backbone.engine.trainer import ddp_device_kwargs, write_eval_results  # noqa: E402
+
+logger = logging.getLogger("resnet_backbone.lazy_train_net")
+
+# where the yacs keys named by the plugin's checks live in a LazyConfig
+_LAZY_KEYS = ("MODEL.WEIGHTS = train.init_checkpoint, MODEL.PIXEL_MEAN / PIXEL_STD = model.pixel_mean / pixel_std, "
+              "INPUT.FORMAT = model.input_format, MODEL.RESNETS.* = the model's ResNet arguments, "
+              "MODEL.RB_WEIGHTS.CHECK_PREPROCESSING = train.check_preprocessing")
+_FROZEN_FIX = ("Fix: set train.init_checkpoint to ImageNet weights (the config's default), train from scratch "
+               "with trainable layers (ResNet: model.backbone.freeze_at=0 model.backbone.norm=BN, and the C4 head's "
+               "res5 follows; VGG-16: model.backbone.freeze_at=0), or set train.allow_random_frozen=True to train "
+               "with random frozen layers on purpose.")
+
+
+def build_parser():
+    return build_argument_parser()
+
+
+def setup(args):
+    cfg = load_lazy_config(args.config_file, args.opts)
+    check_device(cfg.train.device)
+    view = yacs_view(cfg)
+    if view.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
+        try:
+            check_preprocessing(view, view.MODEL.WEIGHTS)
+        except ValueError as e:
+            raise ValueError(f"{e} (in this LazyConfig: {_LAZY_KEYS})") from None
+    register_synthetic_datasets()
+    for name in list(view.DATASETS.TRAIN) + list(view.DATASETS.TEST):
+        check_dataset_registered(name)
+    default_setup(cfg, args)
+    return cfg
+
+
+@contextmanager
+def _one_test_dataset(cfg, name):
+    """dataloader.test and dataloader.evaluator for one of the test datasets (restored afterwards)."""
+    test, evaluator = cfg.dataloader.test.dataset, cfg.dataloader.get("evaluator")
+    saved = test.names, evaluator.get("dataset_name") if evaluator is not None else None
+    test.names = name
+    if evaluator is not None and "dataset_name" in evaluator:
+        evaluator.dataset_name = name
+    try:
+        yield
+    finally:
+        test.names = saved[0]
+        if saved[1] is not None:
+            evaluator.dataset_name = saved[1]
+
+
+def do_test(cfg, model):
+    """Evaluate `model` on each of dataloader.test.dataset.names; returns {dataset: results}."""
+    results = OrderedDict()
+    if "evaluator" not in cfg.dataloader:
+        return results
+    for name in dataset_names(cfg.dataloader.test.dataset.names):
+        with _one_test_dataset(cfg, name):
+            loader = instantiate(cfg.dataloader.test)  # first: the embedded data is generated on first load
+            evaluator = instantiate(cfg.dataloader.evaluator)
+        results[name] = inference_on_dataset(model, loader, evaluator)
+        if comm.is_main_process():
+            logger.info("evaluation results on %s:", name)
+            print_csv_format(results[name])
+    return results
+
+
+def check_frozen_weights(cfg, model, checkpointer):
+    """Training refuses frozen layers (freeze_at, FrozenBN) that init_checkpoint left random, as train_net does."""
+    check_frozen_layers_loaded(model, loaded_keys(model, checkpointer.last_load_report),
+                               weights=cfg.train.init_checkpoint, allow_random=cfg.train.allow_random_frozen,
+                               fix=_FROZEN_FIX)
+
+
+def do_train(args, cfg):
+    """detectron2's lazy training loop (SimpleTrainer / AMPTrainer and its hooks) with the safe checkpointer;
+    returns the evaluation results at the end of training."""
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp, **ddp_device_kwargs(model))  # CPU processes: no device ids
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer,
+                                             allow_partial=cfg.train.allow_partial)
+    results = OrderedDict()
+
+    def test_and_keep():
+        results.clear()
+        results.update(do_test(cfg, model))
+        return results
+
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        # also after the last iteration, whatever the period
+        hooks.EvalHook(cfg.train.eval_period, test_and_keep),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if comm.is_main_process() else None,
+    ])
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    check_frozen_weights(cfg, model, checkpointer)
+    # the checkpoint stores the iteration that just finished
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return results
+
+
+def worker(args):
+    """One process of the job (detectron2's launch starts one per GPU)."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model, **ddp_device_kwargs(model))
+        SafeDetectionCheckpointer(model, cfg.train.output_dir, allow_partial=cfg.train.allow_partial
+                                  ).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        results = do_test(cfg, model)
+    else:
+        results = do_train(args, cfg)
+    path = write_eval_results(yacs_view(cfg), results, config_file=args.config_file)  # rank 0 only
+    if path:
+        logger.info("evaluation results written to %s", path)
+    return results
+
+
+def main(argv=None):
+    """Returns the evaluation results ({dataset: metrics}) when the job is one process."""
+    args = build_parser().parse_args(argv)
+    if not args.config_file:
+        build_parser().error("--config-file (or --config) is required")
+    if args.num_gpus * args.num_machines == 1:
+        check_launch_args(args.num_gpus, args.num_machines, args.machine_rank)
+        return worker(args)  # what detectron2's launch does for one process, keeping the result
+    return launch_checked(worker, args)
+
+
+if __name__ == "__main__":
+    main()
