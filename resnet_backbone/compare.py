@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .engine.pretrain_metrics import read_metrics
+from .engine.pretrain.metrics import read_metrics
 from .paper_tables import DETECTION_TABLE
 
 METRICS = (("AP50", "mAP@.5"), ("AP", "mAP@[.5,.95]"))

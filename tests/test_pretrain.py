@@ -15,18 +15,18 @@ from resnet_backbone import create_model
 from resnet_backbone.checkpoint.preprocessing import check_preprocessing, read_preprocessing, write_preprocessing
 from resnet_backbone.checkpoint.safe_load import load_file
 from resnet_backbone.data.transforms import IMAGENET_TORCHVISION, Preprocessing
-from resnet_backbone.engine.classification_eval import evaluate_classifier, topk_correct
 from resnet_backbone.engine.config_io import load_config
-from resnet_backbone.engine.export import EXPORT_NAME, export_for_detection
 from resnet_backbone.engine.pretrain import NonFiniteLossError, PretrainRun, evaluate_pretrained, run_pretraining
-from resnet_backbone.engine.pretrain_data import (
+from resnet_backbone.engine.pretrain.data import (
     IterationBatchSampler,
     build_pretrain_dataset,
     build_train_loader,
     preprocessing_from_cfg,
 )
-from resnet_backbone.engine.pretrain_metrics import read_metrics
-from resnet_backbone.engine.pretrain_schedule import LRSchedule, scaled_base_lr
+from resnet_backbone.engine.pretrain.eval import evaluate_classifier, topk_correct
+from resnet_backbone.engine.pretrain.export import EXPORT_NAME, export_for_detection
+from resnet_backbone.engine.pretrain.metrics import read_metrics
+from resnet_backbone.engine.pretrain.schedule import LRSchedule, scaled_base_lr
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET_TINY = str(REPO / "configs" / "imagenet" / "tiny.yaml")
@@ -89,6 +89,12 @@ def test_imagenet_configs_follow_the_paper_and_fit_the_detectors():
     assert (c.IMS_PER_BATCH, scaled_base_lr(c.BASE_LR, c.IMS_PER_BATCH, c.REFERENCE_BATCH)) == (128, 0.1)
     assert (tuple(c.STEPS), c.MAX_ITER, c.WARMUP_FACTOR * 0.1, c.WARMUP_UNTIL_ERROR) == ((32000, 48000), 64000,
                                                                                        pytest.approx(0.01), 0.8)
+
+
+def test_unknown_pretrain_dataset_names_the_known_ones(tmp_path):
+    cfg = load_config(CIFAR_TINY, ["PRETRAIN.DATASET.NAME", "imagenet21k", "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(ValueError, match="'imagenet21k'.*'cifar10'.*'generated_cifar10'"):
+        build_pretrain_dataset(cfg, "train")
 
 
 def test_unknown_pretrain_key_is_a_clear_error():
@@ -190,7 +196,9 @@ def test_short_run_loss_falls_and_beats_chance(trained):
     chance = 1 - 1 / cfg.PRETRAIN.DATASET.GENERATED_NUM_CLASSES
     assert results["val"]["top1_err"] < chance - 0.2, results
     assert results["val"]["images"] == 10 * 8
-    assert all(r["images_per_s"] > 0 and r["eta_s"] >= 0 for r in records if "loss" in r)
+    assert all(r["images_per_s"] > 0 and r["eta_seconds"] >= 0 for r in records if "loss" in r)
+    # detectron2's writers: the keys train_net's metrics.json has, for the same tools to read
+    assert all({"time", "data_time", "lr"} <= set(r) for r in records if "loss" in r)
     assert [r["iteration"] for r in records if "val/top1_err" in r] == [30, 60]
     assert results["checkpoint"].endswith("model_final.pth")
     state = load_file(results["checkpoint"])

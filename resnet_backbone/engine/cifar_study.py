@@ -17,9 +17,8 @@ from .. import paper_tables
 from ..modeling.options import check_choice
 from ..report import count_parameters
 from .config_io import load_config
-from .pretrain import run_pretraining
-from .pretrain_loop import build_classifier
-from .pretrain_metrics import read_metrics
+from .pretrain import build_classifier, run_pretraining
+from .pretrain.metrics import read_metrics
 
 __all__ = ["KINDS", "DEFAULT_DEPTHS", "StudyRun", "study_config", "embedded_settings", "scale_schedule",
            "run_study", "read_curves", "plot_study", "format_study_table"]

@@ -1,4 +1,5 @@
-"""Data of the pretraining stage, built from cfg.PRETRAIN: data sets, paper transforms, resumable loaders.
+"""Data of the pretraining stage, built from cfg.PRETRAIN: the data set (by name: data/classification_sets.py), the
+paper's transforms for its pipeline, resumable loaders.
 
 Training batches are a pure function of (seed, iteration): `IterationBatchSampler` lays consecutive random
 permutations of the data set end to end and hands iteration ``it`` the slice ``[it * B, (it + 1) * B)`` (its own
@@ -10,65 +11,42 @@ start in the middle).
 """
 from __future__ import annotations
 
-import os
 import random
+
 import numpy as np
 import torch
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ..data.classification import CIFAR10Dataset, ImageNetFolder, build_classification_loader
-from ..data.register import default_root
-from ..data.synthetic_classification import generate_classification_set
-from ..modeling.options import check_int
-from ..data.transforms import (
+from ...data.classification import build_classification_loader
+from ...data.classification_sets import build_classification_set, classification_set
+from ...data.transforms import (
     Preprocessing,
     cifar_eval_transform,
     cifar_train_transform,
     imagenet_eval_transform,
     imagenet_train_transform,
 )
+from ...modeling.options import check_int
 
 __all__ = [
-    "DATASETS",
     "IterationBatchSampler",
     "SeededSamples",
     "build_eval_loader",
     "build_pretrain_dataset",
     "build_train_loader",
-    "datasets_dir",
     "preprocessing_from_cfg",
-    "resolve_data_root",
     "uses_ten_crop",
 ]
 
-# PRETRAIN.DATASET.NAME -> pipeline ("imagenet": scale augmentation + crops; "cifar": pad-4 crop, single view)
-DATASETS = {"imagenet": "imagenet", "cifar10": "cifar", "generated_imagenet": "imagenet",
-            "generated_cifar10": "cifar"}
-_GENERATED_LAYOUT = {"generated_imagenet": "imagenet", "generated_cifar10": "cifar"}
 
-
-def _style(cfg) -> str:
-    name = cfg.PRETRAIN.DATASET.NAME
-    if name not in DATASETS:
-        raise ValueError(f"PRETRAIN.DATASET.NAME {name!r} is unknown; allowed: {', '.join(DATASETS)}")
-    return DATASETS[name]
+def _pipeline(cfg) -> str:
+    return classification_set(cfg.PRETRAIN.DATASET.NAME).pipeline
 
 
 def uses_ten_crop(cfg) -> bool:
     """Whether the final evaluation adds the 10-crop test (ImageNet-style sets with PRETRAIN.TEST.TEN_CROP)."""
-    return bool(cfg.PRETRAIN.TEST.TEN_CROP) and _style(cfg) == "imagenet"
-
-
-def datasets_dir() -> str:
-    """$RB_DATASETS, else <repo>/datasets: where relative PRETRAIN.DATASET.ROOT paths point (like the detection
-    sets of resnet_backbone.data.register)."""
-    return os.path.dirname(default_root())
-
-
-def resolve_data_root(root: str) -> str:
-    root = os.path.expanduser(root)
-    return root if os.path.isabs(root) else os.path.join(datasets_dir(), root)
+    return bool(cfg.PRETRAIN.TEST.TEN_CROP) and _pipeline(cfg) == "imagenet"
 
 
 def preprocessing_from_cfg(cfg) -> Preprocessing:
@@ -82,7 +60,7 @@ def preprocessing_from_cfg(cfg) -> Preprocessing:
 
 def _transform(cfg, train: bool, ten_crop: bool = False):
     i, prep = cfg.PRETRAIN.INPUT, preprocessing_from_cfg(cfg)
-    if _style(cfg) == "cifar":
+    if _pipeline(cfg) == "cifar":
         if train:
             return cifar_train_transform(prep, padding=i.CIFAR_PADDING, flip=i.FLIP)
         return cifar_eval_transform(prep)
@@ -94,34 +72,9 @@ def _transform(cfg, train: bool, ten_crop: bool = False):
     return imagenet_eval_transform(prep, resize_size=i.TEST_RESIZE, crop_size=i.CROP_SIZE, ten_crop=ten_crop)
 
 
-def _ensure_generated(cfg, root: str):
-    d = cfg.PRETRAIN.DATASET
-    layout = _GENERATED_LAYOUT[d.NAME]
-    # One writer per machine; the others wait (the generator is idempotent, but not safe to run concurrently).
-    if comm.get_local_rank() == 0:
-        generate_classification_set(root, num_classes=d.GENERATED_NUM_CLASSES,
-                                    train_per_class=d.GENERATED_TRAIN_PER_CLASS,
-                                    val_per_class=d.GENERATED_VAL_PER_CLASS, seed=d.GENERATED_SEED, layout=layout)
-    comm.synchronize()
-
-
 def build_pretrain_dataset(cfg, split: str, *, ten_crop: bool = False) -> Dataset:
-    """The "train" or "val" set of PRETRAIN.DATASET with its transform.
-
-    CIFAR "val" is the held-out part of the training batches when DATASET.VAL_SIZE > 0, else the test batch.
-    """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    d = cfg.PRETRAIN.DATASET
-    style = _style(cfg)
-    root = resolve_data_root(d.ROOT)
-    if d.NAME in _GENERATED_LAYOUT:
-        _ensure_generated(cfg, root)
-    transform = _transform(cfg, split == "train", ten_crop)
-    if style == "cifar":
-        cifar_split = split if split == "train" or d.VAL_SIZE else "test"
-        return CIFAR10Dataset(root, cifar_split, transform, val_size=d.VAL_SIZE)
-    return ImageNetFolder(root, split, transform, skip_corrupt=d.SKIP_CORRUPT)
+    """The "train" or "val" set of PRETRAIN.DATASET with the transform of its pipeline (10 crops with ``ten_crop``)."""
+    return build_classification_set(cfg.PRETRAIN.DATASET, split, _transform(cfg, split == "train", ten_crop))
 
 
 class IterationBatchSampler(Sampler):

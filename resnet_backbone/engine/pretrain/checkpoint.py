@@ -4,7 +4,7 @@
 writes, reads that cannot run code, strict loads) holding the model, the optimizer (momentum buffers) and the lr
 schedule as fvcore checkpointables. On top: the files are ``model_{iteration:07d}.pth`` (iterations completed) and
 ``model_final.pth``, the newest ``keep`` periodic ones are kept, and a checkpoint also records the run's seed, its
-position (the iteration, which fixes the data position too: pretrain_data.IterationBatchSampler) and every rank's
+position (the iteration, which fixes the data position too: data.IterationBatchSampler) and every rank's
 torch / numpy / python RNG states, so a resumed run continues as if it had never stopped. Resuming checks first
 that the checkpoint belongs to this run's model.
 """
@@ -17,8 +17,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..checkpoint.checkpointer import SafeDetectionCheckpointer
-from ..modeling.options import check_int
+from ...checkpoint.checkpointer import SafeDetectionCheckpointer
+from ...modeling.options import check_int
 
 __all__ = ["FINAL_NAME", "PretrainCheckpointer", "capture_rng_state", "restore_rng_state"]
 

@@ -4,7 +4,8 @@
 `start(resume)` builds model, optimizer and schedule (from the last checkpoint with ``resume``), `train()` runs
 the iterations, `finish()` recomputes BN statistics (optional), evaluates 1-crop / 10-crop and exports the
 detection weights. Distributed runs (detectron2's launch) wrap the model in DistributedDataParallel, shard the
-data per rank, gather metrics over ranks and write logs, metrics and checkpoints on the main process only.
+data per rank, average the training loss / error over ranks and write logs, metrics and checkpoints on the main
+process only. The pieces: data.py, schedule.py, checkpoint.py, metrics.py, eval.py, export.py.
 """
 from __future__ import annotations
 
@@ -19,29 +20,25 @@ import torch.nn.functional as F
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
 from torch import nn
 
-from ..modeling import create_model
-from ..utils.atomic import atomic_write_text
-from .classification_eval import evaluate_classifier, recompute_bn_stats
-from .config_io import check_device
-from .export import EXPORT_NAME, export_for_detection
-from .pretrain_checkpoint import (
+from ...modeling import create_model
+from ...utils.atomic import atomic_write_text
+from ...modeling.options import check_int
+from ..config_io import check_device
+from .checkpoint import (
     FINAL_NAME,
     PretrainCheckpointer,
     capture_rng_state,
     periodic_name,
     restore_rng_state,
 )
-from .pretrain_data import (
-    build_eval_loader,
-    build_pretrain_dataset,
-    build_train_loader,
-    preprocessing_from_cfg,
-    uses_ten_crop,
-)
-from .pretrain_metrics import MetricsWriter, format_eta
-from .pretrain_schedule import LRSchedule
+from .data import build_pretrain_dataset, build_train_loader, preprocessing_from_cfg
+from .eval import ValidationSet, recompute_bn_stats
+from .export import EXPORT_NAME, export_for_detection
+from .metrics import evaluation_scalars, training_writers, write_scalars
+from .schedule import LRSchedule
 
 __all__ = ["NonFiniteLossError", "PretrainRun", "build_classifier", "RESULTS_FILE"]
 
@@ -69,15 +66,12 @@ def build_classifier(cfg, num_classes: int) -> nn.Module:
 
 def _check_cfg(cfg):
     p = cfg.PRETRAIN
-    for key in ("LOG_PERIOD", "CHECKPOINT_PERIOD"):
-        if p[key] < 1:
-            raise ValueError(f"PRETRAIN.{key} must be >= 1, got {p[key]}")
-    if p.EVAL_PERIOD < 0:
-        raise ValueError(f"PRETRAIN.EVAL_PERIOD must be >= 0 (0: only at the end), got {p.EVAL_PERIOD}")
-    if p.SOLVER.MAX_ITER < 1:
-        raise ValueError(f"PRETRAIN.SOLVER.MAX_ITER must be >= 1, got {p.SOLVER.MAX_ITER}")
+    check_int("PRETRAIN.LOG_PERIOD", p.LOG_PERIOD, 1)
+    check_int("PRETRAIN.CHECKPOINT_PERIOD", p.CHECKPOINT_PERIOD, 1)
+    check_int("PRETRAIN.EVAL_PERIOD (0: only at the end)", p.EVAL_PERIOD, 0)
+    check_int("PRETRAIN.SOLVER.MAX_ITER", p.SOLVER.MAX_ITER, 1)
     world = comm.get_world_size()
-    if p.SOLVER.IMS_PER_BATCH < 1 or p.SOLVER.IMS_PER_BATCH % world:
+    if check_int("PRETRAIN.SOLVER.IMS_PER_BATCH", p.SOLVER.IMS_PER_BATCH, 1) % world:
         raise ValueError(f"PRETRAIN.SOLVER.IMS_PER_BATCH={p.SOLVER.IMS_PER_BATCH} must be a positive multiple of "
                          f"the {world} processes (it is the batch over all of them)")
 
@@ -93,14 +87,13 @@ class PretrainRun:
         self.max_iter = cfg.PRETRAIN.SOLVER.MAX_ITER
         self.checkpointer = None  # made with the model, in start()
         self.train_set = build_pretrain_dataset(cfg, "train")
-        self.val_set = build_pretrain_dataset(cfg, "val")
+        self.validation = ValidationSet(cfg, self.device)
         classes = len(self.train_set.classes)
         self.num_classes = cfg.PRETRAIN.NUM_CLASSES or classes
         if self.num_classes < classes:
             raise ValueError(f"PRETRAIN.NUM_CLASSES={self.num_classes} is smaller than the {classes} classes of "
                              f"the training set")
         self.preprocessing = preprocessing_from_cfg(cfg)
-        self._eval_loader = None
         self.last_checkpoint = None
 
     # ------------------------------------------------------------------------------------------------- set-up
@@ -161,66 +154,72 @@ class PretrainRun:
     # --------------------------------------------------------------------------------------------- training
 
     def train(self) -> None:
+        """Iterations start_iter + 1 .. MAX_ITER: SGD steps, metrics every PRETRAIN.LOG_PERIOD, validation every
+        PRETRAIN.EVAL_PERIOD, checkpoints every PRETRAIN.CHECKPOINT_PERIOD and at the end."""
         cfg, p = self.cfg, self.cfg.PRETRAIN
-        writer = MetricsWriter(cfg.OUTPUT_DIR, enabled=comm.is_main_process(), start_iter=self.start_iter)
         if self.start_iter >= self.max_iter:
-            writer.close()
             return
+        writers = training_writers(cfg.OUTPUT_DIR, max_iter=self.max_iter, window=p.LOG_PERIOD,
+                                   start_iter=self.start_iter) if comm.is_main_process() else []
         loader = build_train_loader(cfg, self.train_set, seed=self.seed, start_iter=self.start_iter,
                                     max_iter=self.max_iter)
         world = comm.get_world_size()
         logger.info("training %s (%d classes) for iterations %d..%d: %d images per iteration on %d process(es), "
                     "%d training / %d validation images", p.MODEL, self.num_classes, self.start_iter + 1,
-                    self.max_iter, p.SOLVER.IMS_PER_BATCH, world, len(self.train_set), len(self.val_set))
+                    self.max_iter, p.SOLVER.IMS_PER_BATCH, world, len(self.train_set), len(self.validation.dataset))
         self.model.train()
-        window = {"loss": 0.0, "err": 0.0, "iters": 0, "data_s": 0.0}
-        window_start = time.perf_counter()
         data_iter = iter(loader)
         try:
-            for it in range(self.start_iter, self.max_iter):
-                t0 = time.perf_counter()
-                images, targets = next(data_iter)
-                images = images.to(self.device, non_blocking=True)
-                targets = targets.to(self.device, non_blocking=True)
-                window["data_s"] += time.perf_counter() - t0
-                lr = self.schedule.lr(it)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                logits = self.model(images)
-                loss = F.cross_entropy(logits, targets)
-                with torch.no_grad():
-                    stats = torch.stack([loss.detach().float(), (logits.argmax(1) != targets).float().mean()])
-                    if world > 1:  # every rank takes the same decisions (stop, warm-up end) from the same numbers
-                        torch.distributed.all_reduce(stats)
-                        stats /= world
-                loss_value, err_value = stats.tolist()
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(self._non_finite_message(it, loss_value))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-
-                done = it + 1
-                if self.schedule.observe_train_error(it, err_value):
-                    logger.info("warm-up ended after %d iterations (training error %.1f%%); lr %.4g from now on",
-                                done, 100 * err_value, self.schedule.lr(done))
-                window["loss"] += loss_value
-                window["err"] += err_value
-                window["iters"] += 1
-                if done % p.LOG_PERIOD == 0 or done == self.max_iter:
-                    elapsed = time.perf_counter() - window_start
-                    self._log(writer, done, lr, window, elapsed)
-                    window = {"loss": 0.0, "err": 0.0, "iters": 0, "data_s": 0.0}
-                    window_start = time.perf_counter()
-                if p.EVAL_PERIOD and done % p.EVAL_PERIOD == 0 and done < self.max_iter:
-                    self._periodic_eval(writer, done)
-                if done == self.max_iter:
-                    self._save(FINAL_NAME, done)
-                elif done % p.CHECKPOINT_PERIOD == 0:
-                    self._save(periodic_name(done), done)
+            with EventStorage(self.start_iter) as storage:
+                for it in range(self.start_iter, self.max_iter):
+                    start = time.perf_counter()
+                    images, targets = next(data_iter)
+                    images = images.to(self.device, non_blocking=True)
+                    targets = targets.to(self.device, non_blocking=True)
+                    data_time = time.perf_counter() - start
+                    lr = self.schedule.lr(it)
+                    loss_value, err_value = self._step(it, images, targets, lr)
+                    done = storage.iter = it + 1  # metrics and checkpoints count completed iterations
+                    step_time = time.perf_counter() - start
+                    storage.put_scalars(loss=loss_value, train_top1_err=err_value, time=step_time,
+                                        data_time=data_time, images_per_s=p.SOLVER.IMS_PER_BATCH / step_time)
+                    storage.put_scalar("lr", lr, smoothing_hint=False)
+                    if self.schedule.observe_train_error(it, err_value):
+                        logger.info("warm-up ended after %d iterations (training error %.1f%%); lr %.4g from now on",
+                                    done, 100 * err_value, self.schedule.lr(done))
+                    evaluated = bool(p.EVAL_PERIOD) and done % p.EVAL_PERIOD == 0 and done < self.max_iter
+                    if evaluated:
+                        self._periodic_eval(storage, done)
+                    if evaluated or done % p.LOG_PERIOD == 0 or done == self.max_iter:
+                        for writer in writers:  # an evaluation is written at its iteration, in order
+                            writer.write()
+                    if done == self.max_iter:
+                        self._save(FINAL_NAME, done)
+                    elif done % p.CHECKPOINT_PERIOD == 0:
+                        self._save(periodic_name(done), done)
         finally:
             del data_iter
-            writer.close()
+            for writer in writers:
+                writer.close()
+
+    def _step(self, it: int, images, targets, lr: float) -> tuple:
+        """One SGD step at ``lr``; returns (loss, training top-1 error) of the batch, averaged over all ranks."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, targets)
+        with torch.no_grad():
+            stats = torch.stack([loss.detach().float(), (logits.argmax(1) != targets).float().mean()])
+            if comm.get_world_size() > 1:  # every rank takes the same decisions (stop, warm-up end) from them
+                torch.distributed.all_reduce(stats)
+                stats /= comm.get_world_size()
+        loss_value, err_value = stats.tolist()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(self._non_finite_message(it, loss_value))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss_value, err_value
 
     def _non_finite_message(self, it: int, value: float) -> str:
         last = self.last_checkpoint or self.checkpointer.get_checkpoint_file()
@@ -230,39 +229,14 @@ class PretrainRun:
                 f"a warm-up (PRETRAIN.SOLVER.WARMUP_ITERS), then restart"
                 + (" or continue with --resume." if last else "."))
 
-    def _log(self, writer, done, lr, window, elapsed):
-        n = window["iters"]
-        images_per_s = n * self.cfg.PRETRAIN.SOLVER.IMS_PER_BATCH / max(elapsed, 1e-9)
-        eta = (self.max_iter - done) * elapsed / max(n, 1)
-        metrics = {"loss": window["loss"] / n, "train_top1_err": window["err"] / n, "lr": lr,
-                   "images_per_s": images_per_s, "data_time_fraction": window["data_s"] / max(elapsed, 1e-9),
-                   "eta_s": eta}
-        writer.write(done, metrics)
-        if comm.is_main_process():
-            logger.info("iter %d/%d  loss %.4f  train err %.2f%%  lr %.4g  %.1f images/s (data %.0f%%)  eta %s",
-                        done, self.max_iter, metrics["loss"], 100 * metrics["train_top1_err"], lr, images_per_s,
-                        100 * metrics["data_time_fraction"], format_eta(eta))
-
-    def _periodic_eval(self, writer, done):
-        result = self.evaluate()
-        writer.write(done, {f"val/{k}": v for k, v in result.items() if k != "images"})
+    def _periodic_eval(self, storage, done: int) -> None:
+        result = self.validation.evaluate(self.module, "val", label=f"iter {done}")
+        storage.put_scalars(smoothing_hint=False, **evaluation_scalars({"val": result}))
         if self.schedule.observe_val_error(result["top1_err"]):
             logger.info("validation error plateaued: lr divided by %g from iteration %d on",
                         1 / self.cfg.PRETRAIN.SOLVER.GAMMA, done + 1)
-        logger.info("iter %d: validation top-1 error %.2f%%, top-5 error %.2f%% (1-crop, %d images)", done,
-                    100 * result["top1_err"], 100 * result["top5_err"], result["images"])
 
-    # ------------------------------------------------------------------------------------------- evaluation
-
-    def evaluate(self, ten_crop: bool = False) -> dict:
-        """Top-1 / top-5 error on the validation set (1-crop, or the standard 10 crops)."""
-        if ten_crop:
-            loader = build_eval_loader(self.cfg, build_pretrain_dataset(self.cfg, "val", ten_crop=True))
-        else:
-            if self._eval_loader is None:
-                self._eval_loader = build_eval_loader(self.cfg, self.val_set)
-            loader = self._eval_loader
-        return evaluate_classifier(self.module, loader, self.device, ten_crop=ten_crop)
+    # ------------------------------------------------------------------------------------------- the end
 
     def recompute_bn(self) -> None:
         n = self.cfg.PRETRAIN.PRECISE_BN.NUM_ITER
@@ -278,19 +252,11 @@ class PretrainRun:
             self.recompute_bn()
             self.precise_bn_done = True
             self._save(FINAL_NAME, self.max_iter)
-        results = {"model": cfg.PRETRAIN.MODEL, "iteration": self.max_iter, "val": self.evaluate()}
-        if uses_ten_crop(cfg):
-            results["val10"] = self.evaluate(ten_crop=True)
-        for kind, r in [(k, results[k]) for k in ("val", "val10") if k in results]:
-            logger.info("final %s: top-1 error %.2f%%, top-5 error %.2f%% (%d images)",
-                        "10-crop" if kind == "val10" else "1-crop", 100 * r["top1_err"], 100 * r["top5_err"],
-                        r["images"])
-        results["checkpoint"] = self.last_checkpoint
+        evaluated = self.validation.evaluate_all(self.module, label="final")
+        results = {"model": cfg.PRETRAIN.MODEL, "iteration": self.max_iter, **evaluated,
+                   "checkpoint": self.last_checkpoint}
         if comm.is_main_process():
-            writer = MetricsWriter(cfg.OUTPUT_DIR, start_iter=None, tensorboard=False)
-            writer.write(self.max_iter, {f"{kind}/{k}": v for kind in ("val", "val10") if kind in results
-                                         for k, v in results[kind].items() if k != "images"})
-            writer.close()
+            write_scalars(cfg.OUTPUT_DIR, self.max_iter, evaluation_scalars(evaluated))
             if cfg.PRETRAIN.EXPORT:
                 weights, record = export_for_detection(
                     self.module, os.path.join(cfg.OUTPUT_DIR, EXPORT_NAME), self.preprocessing,

@@ -1,5 +1,6 @@
-"""Classification evaluation: top-1 / top-5 error, 1-crop or 10-crop (paper Sec 3.4), gathered over all ranks;
-and the recomputation of BatchNorm statistics after training (fvcore's precise BN)."""
+"""Classification evaluation: top-1 / top-5 error, 1-crop or 10-crop (paper Sec 3.4), gathered over all ranks, and
+its log line (`ValidationSet`, used by the training loop and by evaluation-only runs); and the recomputation of
+BatchNorm statistics after training (fvcore's precise BN)."""
 from __future__ import annotations
 
 import itertools
@@ -11,9 +12,13 @@ import torch.nn.functional as F
 from detectron2.utils import comm
 from torch import nn
 
-from ..data.transforms import average_crop_logits
+from ...data.transforms import average_crop_logits
+from .data import build_eval_loader, build_pretrain_dataset, uses_ten_crop
 
-__all__ = ["topk_correct", "evaluate_classifier", "recompute_bn_stats"]
+__all__ = ["CROPS", "ValidationSet", "evaluate_classifier", "recompute_bn_stats", "topk_correct"]
+
+# result kind -> how the validation images are cropped (the keys of the results and of the metrics)
+CROPS = {"val": "1-crop", "val10": "10-crop"}
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +69,36 @@ def evaluate_classifier(model: nn.Module, loader: Iterable, device, *, ten_crop:
         "loss": sum(t["loss"] for t in gathered) / n,
         "images": n,
     }
+
+
+class ValidationSet:
+    """PRETRAIN's validation set with its loaders (built once), evaluated and logged.
+
+    ``kinds``: "val" (1-crop), plus "val10" (10-crop) for ImageNet-style sets with PRETRAIN.TEST.TEN_CROP.
+    """
+
+    def __init__(self, cfg, device, dataset=None):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.dataset = dataset if dataset is not None else build_pretrain_dataset(cfg, "val")
+        self.kinds = ("val", "val10") if uses_ten_crop(cfg) else ("val",)
+        self._loaders: dict = {}
+
+    def _loader(self, kind: str):
+        if kind not in self._loaders:
+            dataset = self.dataset if kind == "val" else build_pretrain_dataset(self.cfg, "val", ten_crop=True)
+            self._loaders[kind] = build_eval_loader(self.cfg, dataset)
+        return self._loaders[kind]
+
+    def evaluate(self, model: nn.Module, kind: str = "val", *, label: str) -> dict:
+        """Errors of ``model`` (see evaluate_classifier), logged as ``label``: "<crops> top-1 error ..."."""
+        result = evaluate_classifier(model, self._loader(kind), self.device, ten_crop=kind == "val10")
+        logger.info("%s: %s top-1 error %.2f%%, top-5 error %.2f%% (%d images)", label, CROPS[kind],
+                    100 * result["top1_err"], 100 * result["top5_err"], result["images"])
+        return result
+
+    def evaluate_all(self, model: nn.Module, *, label: str) -> dict:
+        """{kind: result} for every kind of this set."""
+        return {kind: self.evaluate(model, kind, label=label) for kind in self.kinds}
 
 
 def _bn_layers(model: nn.Module):

@@ -15,10 +15,10 @@ from typing import Mapping
 
 import torch
 
-from ..checkpoint.convert import plugin_to_detectron2
-from ..checkpoint.pkl_writer import save_pkl
-from ..checkpoint.preprocessing import write_preprocessing
-from ..data.transforms import Preprocessing
+from ...checkpoint.convert import plugin_to_detectron2
+from ...checkpoint.pkl_writer import save_pkl
+from ...checkpoint.preprocessing import write_preprocessing
+from ...data.transforms import Preprocessing
 
 __all__ = ["EXPORT_NAME", "detection_weights", "export_for_detection"]
 
@@ -33,7 +33,7 @@ def detection_weights(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[st
 
 def _stride_in_1x1(model) -> bool | None:
     """Where a bottleneck ResNet's stride sits (recorded: it changes results silently); None otherwise."""
-    from ..modeling.blocks import BottleneckBlock
+    from ...modeling.blocks import BottleneckBlock
 
     for m in model.modules():
         if isinstance(m, BottleneckBlock) and (m.conv1.stride != (1, 1) or m.conv2.stride != (1, 1)):
