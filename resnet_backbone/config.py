@@ -56,8 +56,12 @@ def add_resnet_backbone_config(cfg):
         _c.RB_WEIGHTS = CN()
         # allow MODEL.WEIGHTS to leave more than half of the backbone uninitialised (otherwise the load is refused)
         _c.RB_WEIGHTS.ALLOW_PARTIAL = False
-        # check MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT against the preprocessing saved beside MODEL.WEIGHTS
+        # check MODEL.PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT against what MODEL.WEIGHTS needs (its .provenance.json,
+        # or the known public source its name shows: MSRA, torchvision, detectron2 model zoo)
         _c.RB_WEIGHTS.CHECK_PREPROCESSING = True
+        # train even when frozen stages (FREEZE_AT) or FrozenBN layers got no weights from MODEL.WEIGHTS, i.e. stay
+        # random / identity (otherwise training refuses to start)
+        _c.RB_WEIGHTS.ALLOW_RANDOM_FROZEN = False
     if "RB_TRAIN" not in cfg:
         cfg.RB_TRAIN = CN()
         # detection training: iterations between log lines / metrics.json records (detectron2 hard-codes 20)

@@ -19,12 +19,15 @@ checkpointer (engine/pretrain/checkpoint.py) is this class with the pretraining 
 """
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from urllib.parse import urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from ..utils.atomic import atomic_save, atomic_write_text, temporary_target
+from .convert import torchvision_for_detectron2
+from .download import fetch, is_remote
 from .coverage import BACKBONE_PREFIXES, Coverage, LoadReport, Shape, shape_of
 from .safe_load import load_file
 
@@ -86,14 +89,18 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         self.last_load_report = None
+        local = path
         if path:
-            local = path if os.path.isfile(path) else self.path_manager.get_local_path(path)
+            # URLs and detectron2:// paths: downloaded once into $RB_CACHE_DIR (progress bar, published checksum)
+            local = fetch(path, path_manager=self.path_manager)
             if not os.path.isfile(local):
                 where = f" (looked at {local!r})" if local != path else ""
                 raise FileNotFoundError(f"checkpoint {path!r} not found{where}")
+            query = urlparse(path).query if is_remote(path) else ""
+            local = f"{local}?{query}" if query else local  # detectron2 reads options such as matching_heuristics
         self._source = str(path)
         try:
-            return super().load(path, *args, **kwargs)
+            return super().load(local, *args, **kwargs)
         finally:
             self._source = ""
 
@@ -117,8 +124,9 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 raise ValueError(f"cannot load {filename}: a pycls .pyth checkpoint must contain 'model_state'")
             weights = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
             return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
-        # torch.save files: a detectron2 / fvcore checkpoint {"model": ..., ...} or a bare state dict.
-        return data if "model" in data else {"model": data}
+        # torch.save files: a detectron2 / fvcore checkpoint {"model": ..., ...}, a torchvision.models state dict
+        # (renamed to the plugin's names), or another bare state dict.
+        return torchvision_for_detectron2(data, self.model.state_dict()) or (data if "model" in data else {"model": data})
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         weights = checkpoint.pop("model")

@@ -45,6 +45,7 @@ __all__ = [
     "detect_format",
     "convert_to_plugin",
     "convert_from_plugin",
+    "torchvision_for_detectron2",
     "load_weights_into",
 ]
 
@@ -573,6 +574,30 @@ def convert_to_plugin(checkpoint: Mapping[str, Any], source: str = "auto", *, ta
     out, report = _rename(state_dict, lambda m: m if _PLUGIN_KEY.match(f"{m}.") else None, "plugin", "plugin")
     _check_target(out, report, target)
     return out, report
+
+
+def torchvision_for_detectron2(checkpoint: Mapping[str, Any], model_keys: Iterable[str] = ()
+                               ) -> Optional[Dict[str, Any]]:
+    """A torchvision.models state dict (its published .pth, e.g. vgg16-397923af.pth) in the form detectron2's
+    checkpointer loads: plugin names, matched by suffix into the plugin's C4 / FPN / VGG-16 detector layouts
+    ({"model": ..., "__author__": "torchvision", "matching_heuristics": True}). None unless `checkpoint` is a bare
+    state dict of a torchvision ResNet / VGG-16, every key of which has a plugin name: other models that happen to
+    share some of its names (``features.0.weight``, ``fc.bias``) are loaded by their own names, and so are weights
+    for a model that has these names itself (``model_keys``: the state-dict keys of the model being loaded).
+    """
+    if not isinstance(checkpoint, Mapping) or "model" in checkpoint:
+        return None
+    if not set(model_keys).isdisjoint(checkpoint):
+        return None
+    try:
+        if detect_format(checkpoint) != "torchvision":
+            return None
+        converted, report = torchvision_to_plugin(state_dict_from(checkpoint))
+    except ValueError:  # not a state dict of tensors, no known naming, or vgg16_bn: not one of these
+        return None
+    if report.unmapped:
+        return None
+    return {"model": converted, "__author__": "torchvision", "matching_heuristics": True}
 
 
 def convert_from_plugin(state_dict: Mapping[str, Any], to: str, *, layout: Optional[str] = None,

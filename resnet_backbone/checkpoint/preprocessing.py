@@ -6,7 +6,8 @@ normalised as (x - MODEL.PIXEL_MEAN) / MODEL.PIXEL_STD. A `Preprocessing` with `
 style: [0, 1] pixels, mean and std in [0, 1] units) is the same normalisation with mean and std multiplied by 255,
 so no weight needs changing; only channel order and the numbers must agree. The record is the provenance file of
 resnet_backbone.checkpoint.provenance (``<weights>.provenance.json``), whose "detectron2" entry holds the exact
-values a config needs.
+values a config needs; public weights without one (MSRA, torchvision, detectron2's model zoo) are recognised by
+their name (provenance.KNOWN_SOURCES).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 from typing import Optional
 
 from ..data.transforms import Preprocessing
-from .provenance import PROVENANCE, Provenance, provenance_path, read_provenance, write_provenance
+from .provenance import PROVENANCE, Provenance, provenance_for, read_provenance, write_provenance
 
 __all__ = ["write_preprocessing", "read_preprocessing", "check_preprocessing", "preprocessing_settings"]
 
@@ -54,19 +55,36 @@ def _close(a, b) -> bool:
                                     zip(a, b))
 
 
+def _network_mismatch(cfg, network: dict) -> list:
+    """What a recognised file name says about the network (KNOWN_SOURCES' groups) against what cfg builds."""
+    backbone = str(cfg.MODEL.BACKBONE.NAME)
+    is_vgg, is_resnet = "vgg" in backbone.lower(), "resnet" in backbone.lower()
+    arch = network.get("arch") or (f"resnet{network['depth']}" if "depth" in network else None)
+    if arch is None or not (is_vgg or is_resnet):
+        return []
+    if arch.startswith("vgg") != is_vgg:
+        return [f"MODEL.BACKBONE.NAME is {backbone!r} but the weights are {arch}"]
+    if arch.startswith("resnet") and arch[len("resnet"):].isdigit() and int(arch[len("resnet"):]) != \
+            int(cfg.MODEL.RESNETS.DEPTH):
+        return [f"MODEL.RESNETS.DEPTH is {cfg.MODEL.RESNETS.DEPTH} but the weights are ResNet-{arch[len('resnet'):]}"]
+    return []
+
+
 def check_preprocessing(cfg, weights_path) -> Optional[Preprocessing]:
     """Compare cfg's MODEL.PIXEL_MEAN / MODEL.PIXEL_STD / INPUT.FORMAT (and MODEL.RESNETS.STRIDE_IN_1X1 when the
-    record has one and cfg builds a ResNet) with the record beside ``weights_path``.
+    weights have one and cfg builds a ResNet) with what ``weights_path`` needs: the record beside a local file, or
+    for the public weights of provenance.KNOWN_SOURCES (MSRA ResNets, torchvision, detectron2's model zoo) what
+    their name says, wherever they are (detectron2:// path, URL, downloaded copy). For those, a network other than
+    the one cfg builds (another ResNet depth, VGG weights for a ResNet) is named too.
 
-    Returns the recorded Preprocessing, or None when there is nothing to check (no local file, no record: e.g.
-    downloaded MSRA weights). Raises ValueError naming every disagreeing key, both values and the record file.
+    Returns the expected Preprocessing, or None when there is nothing to check (no record, an unknown name).
+    Raises ValueError naming every disagreeing key, both values and where the expectation comes from.
     Callers skip the check when MODEL.RB_WEIGHTS.CHECK_PREPROCESSING is False.
     """
-    if not weights_path or not os.path.isfile(os.fspath(weights_path)):
+    found = provenance_for(weights_path)
+    if found is None:
         return None
-    prov = read_provenance(weights_path)
-    if prov is None:
-        return None
+    prov, where, network = found
     want = prov.detectron2_settings()
     have = {"MODEL.PIXEL_MEAN": list(cfg.MODEL.PIXEL_MEAN), "MODEL.PIXEL_STD": list(cfg.MODEL.PIXEL_STD),
             "INPUT.FORMAT": cfg.INPUT.FORMAT}
@@ -79,11 +97,14 @@ def check_preprocessing(cfg, weights_path) -> Optional[Preprocessing]:
         if not same:
             shown = [round(float(v), 3) for v in expected] if isinstance(expected, list) else expected
             bad.append(f"{key} is {value!r} but the weights need {shown!r}")
-    if bad:
+    other_network = _network_mismatch(cfg, network)
+    if bad or other_network:
         fix = " ".join(f"{k} \"[{','.join(f'{x:g}' for x in v)}]\"" if isinstance(v, list) else f"{k} {v}"
                        for k, v in want.items() if k in have)
+        advice = (f" Set these in the config (or on the command line: {fix}), or set "
+                  "MODEL.RB_WEIGHTS.CHECK_PREPROCESSING False to skip this check.") if bad else \
+            " Point MODEL.WEIGHTS at weights of the network the config builds."
         raise ValueError(
-            f"MODEL.WEIGHTS {os.fspath(weights_path)!r} was trained with other input preprocessing than this config "
-            f"uses ({provenance_path(weights_path)}): " + "; ".join(bad) + ". Set these in the config (or on the "
-            f"command line: {fix}), or set MODEL.RB_WEIGHTS.CHECK_PREPROCESSING False to skip this check.")
+            f"MODEL.WEIGHTS {os.fspath(weights_path)!r} does not fit this config ({where}): "
+            + "; ".join(bad + other_network) + "." + advice)
     return prov.preprocessing

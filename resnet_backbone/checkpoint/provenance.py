@@ -8,12 +8,14 @@ input range and stride placement.
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional
+import re
+from typing import Any, Dict, Optional, Tuple
 
-from .atomic import atomic_write_text
+from ..utils.atomic import atomic_write_text
 from ..data.transforms import CIFAR10_PAPER, IMAGENET_PAPER, IMAGENET_TORCHVISION, Preprocessing
 
-__all__ = ["Provenance", "PROVENANCE", "get_provenance", "provenance_path", "read_provenance", "write_provenance"]
+__all__ = ["Provenance", "PROVENANCE", "KNOWN_SOURCES", "get_provenance", "known_source", "provenance_for",
+           "provenance_path", "read_provenance", "write_provenance"]
 
 PROVENANCE_SUFFIX = ".provenance.json"
 
@@ -129,3 +131,46 @@ def read_provenance(weights_path) -> Optional[Provenance]:
     if not isinstance(record, dict):
         raise ValueError(f"provenance file {path} holds a {type(record).__name__}, expected a JSON object")
     return Provenance.from_dict(record)
+
+
+# Public weights recognised by name, for files with no record beside them: MODEL.WEIGHTS as written in a config
+# (detectron2:// path, URL), or the file it was downloaded / copied to, which keeps the name. Each entry:
+# (regex searched in the path, PROVENANCE key). Named groups say what the file holds ("depth": a ResNet depth,
+# "arch": a create_model name), so a config that builds another network can be told so.
+KNOWN_SOURCES: Tuple[Tuple[str, str], ...] = (
+    # detectron2's mirror of the MSRA Caffe ResNets (He et al. 2016) that the paper's detectors started from
+    (r"ImageNetPretrained/MSRA/R-(?P<depth>\d+)\.pkl$", "msra"),
+    # torchvision.models releases, named <arch>-<first hex digits of the file's SHA-256>.pth
+    (r"(?:^|/)(?P<arch>resnet\d+|resnext\d+_\d+x\d+d|wide_resnet\d+_2|vgg\d+)-[0-9a-f]{8,64}\.pth$", "torchvision"),
+    # detectron2 model-zoo detectors: <section>/<config>/<id>/model_final_<hash>.pkl, trained from the MSRA ResNets
+    (r"(?:^detectron2:/|/detectron2)/[\w.]+(?:-\w+)?/[^/]+/\d+/model_final_[0-9a-f]+\.pkl$", "detectron2"),
+)
+
+
+def known_source(weights) -> Optional[Tuple[Provenance, Dict[str, str]]]:
+    """The provenance of public weights recognised by their name (KNOWN_SOURCES), and what the name says about the
+    network (e.g. {"depth": "101"}); None when the name is not one of them."""
+    name = os.fspath(weights).replace(os.sep, "/")
+    for pattern, source in KNOWN_SOURCES:
+        found = re.search(pattern, name)
+        if found:
+            return PROVENANCE[source], {k: v for k, v in found.groupdict().items() if v is not None}
+    return None
+
+
+def provenance_for(weights) -> Optional[Tuple[Provenance, str, Dict[str, str]]]:
+    """What `weights` (a local file, a URL or a detectron2:// path) expect: (provenance, where that was read, what
+    the name says about the network). The record beside a local file comes first, then the known public sources;
+    None when neither says anything."""
+    if not weights:
+        return None
+    path = os.fspath(weights)
+    if os.path.isfile(path):
+        recorded = read_provenance(path)
+        if recorded is not None:
+            return recorded, provenance_path(path), {}
+    known = known_source(path)
+    if known is None:
+        return None
+    provenance, network = known
+    return provenance, f"{provenance.description}, recognised by its name", network
