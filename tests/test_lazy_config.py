@@ -7,7 +7,6 @@ DatasetMapper.from_config): the lazy side must build the same modules with the s
 """
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -106,7 +105,8 @@ def test_named_settings_agree(twins):
     name, ycfg, ymodel, lcfg, lmodel = twins
     net = bottom_up(lmodel)
     if "vgg" in name:
-        assert ycfg.MODEL.VGG.FREEZE_AT == 2 and not net.conv2_2.weight.requires_grad and net.conv3_1.weight.requires_grad
+        assert ycfg.MODEL.VGG.FREEZE_AT == 2
+        assert not net.conv2_2.weight.requires_grad and net.conv3_1.weight.requires_grad
     else:
         assert net.depth == ycfg.MODEL.RESNETS.DEPTH == 101
         assert type(net.res3[0].conv1.norm).__name__ == "FrozenBatchNorm2d" and ycfg.MODEL.RESNETS.NORM == "FrozenBN"

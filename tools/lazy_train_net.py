@@ -3,7 +3,8 @@
 does, with the plugin's safe checkpointer, weight checks, evaluator choice and embedded datasets.
 
     python tools/lazy_train_net.py --config configs/lazy/frcnn_r101.py --num-gpus 8
-    python tools/lazy_train_net.py --config configs/lazy/frcnn_vgg16.py --eval-only train.init_checkpoint=out/model_final.pth
+    python tools/lazy_train_net.py --config configs/lazy/frcnn_vgg16.py --eval-only \
+           train.init_checkpoint=output/coco/frcnn_vgg16/model_final.pth
 
 Overrides are detectron2's LazyConfig ones, key=value (train.device=cpu, model.backbone.depth=50, ...); a key the
 config does not have is an error. Every name in dataloader.test.dataset.names is evaluated, each with its own metric

@@ -3,7 +3,7 @@
 # data pipeline and solver).
 #   python tools/lazy_train_net.py --config configs/lazy/frcnn_r101.py --num-gpus 8
 from .common.data.coco import single_scale
-from .common.models.frcnn_r101_c4 import model
+from .common.models.frcnn_r101_c4 import model  # noqa: F401  (the config's `model`)
 from .common.optim import sgd, step_schedule
 from .common.train import train
 

@@ -2,7 +2,7 @@
 # LazyConfig twin of configs/coco/frcnn_vgg16.yaml (same data, solver and schedule as frcnn_r101.py).
 #   python tools/lazy_train_net.py --config configs/lazy/frcnn_vgg16.py --num-gpus 8
 from .common.data.coco import single_scale
-from .common.models.frcnn_vgg16 import model
+from .common.models.frcnn_vgg16 import model  # noqa: F401  (the config's `model`)
 from .common.optim import sgd, step_schedule
 from .common.train import train
 

@@ -2,7 +2,7 @@
 # the LazyConfig twin of configs/coco/retinanet_r101_fpn.yaml.
 #   python tools/lazy_train_net.py --config configs/lazy/retinanet_r101_fpn.py --num-gpus 8
 from .common.data.coco import multi_scale
-from .common.models.retinanet_r101_fpn import model
+from .common.models.retinanet_r101_fpn import model  # noqa: F401  (the config's `model`)
 from .common.optim import sgd, step_schedule
 from .common.train import train
 

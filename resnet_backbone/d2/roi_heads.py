@@ -28,7 +28,8 @@ def res5_head_stage(depth=101, *, shortcut="B", norm="BN", stride_in_1x1=True, n
                     **stages) -> nn.Sequential:
     """The C4 head's conv5_x from the backbone's ResNet options (keyword arguments of `ResNet`; ``stages``: variant,
     width_per_group, stem_out_channels, drop_path_rate, res5_dilation (1 only), as for `resnet_stage_specs`): the
-    plugin's res5, first block stride 2. For LazyConfig (`res5=L(res5_head_stage)(depth=101, norm="FrozenBN")`) and `build_res5_head_stage`."""
+    plugin's res5, first block stride 2. For LazyConfig (`res5=L(res5_head_stage)(depth=101, norm="FrozenBN")`)
+    and `build_res5_head_stage`."""
     if stages.get("res5_dilation", 1) != 1:
         # the head runs on RoI-pooled maps; dilation is a backbone option (DC5), stride 2 is the paper's head
         raise ValueError(f"res5_dilation={stages['res5_dilation']} (MODEL.RESNETS.RES5_DILATION) cannot be used with "
