@@ -23,7 +23,7 @@ from ..deploy.layout import channels_last_helps
 from ..d2 import backbones as _backbones  # noqa: F401  registers the plugin's backbones
 from ..d2 import roi_heads as _roi_heads  # noqa: F401  registers the plugin's ROI heads
 from ..data.synthetic_detection import generate_sample
-from ..modeling.options import check_int
+from ..modeling.options import check_choice, check_int
 from ..modeling.resnet import ResNet
 
 __all__ = ["BACKBONE_NORMS", "plugin_backbone", "detectron2_backbone", "torchvision_trunk", "backbone_contenders",
@@ -37,8 +37,7 @@ def _check_backbone_args(depth, norm, freeze_at):
     if depth not in (50, 101, 152):
         raise ValueError(f"backbone depth must be 50, 101 or 152 (bottleneck ResNets in all three libraries), "
                          f"got {depth!r}")
-    if norm not in BACKBONE_NORMS:
-        raise ValueError(f"backbone norm must be one of {BACKBONE_NORMS}, got {norm!r}")
+    check_choice("backbone norm", norm, BACKBONE_NORMS)
     check_int("freeze_at", freeze_at, 0, 5)
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..d2.weights import DETECTOR_LAYOUTS, map_classifier_to_detector
-from ..modeling.options import check_rate
+from ..modeling.options import check_choice, check_rate
 from ..modeling.vgg import VGG16_LAYERS
 from .safe_load import load_file, state_dict_from
 
@@ -498,9 +498,7 @@ def to_detection_checkpoint(state_dict: Mapping[str, Any], layout: str = "c4", *
     Names are exact, so "matching_heuristics" is False: detectron2 then loads by name and lists what is missing.
     `target` (a detector, its state dict or keys) is checked only on the keys this layout can fill.
     """
-    if layout not in DETECTOR_LAYOUTS:
-        raise ValueError(f"unknown detector layout {layout!r}; allowed: {', '.join(map(repr, DETECTOR_LAYOUTS))}")
-    mapped, unmapped = map_classifier_to_detector(state_dict, layout)
+    mapped, unmapped = map_classifier_to_detector(state_dict, layout)  # ValueError for an unknown layout
     report = ConversionReport("plugin", f"detectron2 ({layout})")
     for key in state_dict:
         if key.endswith(_BN_COUNTER):
@@ -552,16 +550,10 @@ def detect_format(checkpoint: Mapping[str, Any]) -> str:
     return best
 
 
-def _check_format(name: str, value: str, allowed) -> str:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
-    return value
-
-
 def convert_to_plugin(checkpoint: Mapping[str, Any], source: str = "auto", *, target: Target = None,
                       eps: Eps = DEFAULT_BN_EPS) -> Tuple["OrderedDict[str, torch.Tensor]", ConversionReport]:
     """Any supported checkpoint (as loaded by safe_load.load_file, or a state dict) -> plugin state dict."""
-    _check_format("source format", source, ("auto",) + FORMATS)
+    check_choice("source format", source, ("auto",) + FORMATS)
     if source == "auto":
         source = detect_format(checkpoint)
     if source == "detectron2":
@@ -603,7 +595,7 @@ def torchvision_for_detectron2(checkpoint: Mapping[str, Any], model_keys: Iterab
 def convert_from_plugin(state_dict: Mapping[str, Any], to: str, *, layout: Optional[str] = None,
                         eps: Eps = DEFAULT_BN_EPS, author: str = D2_AUTHOR) -> Tuple[Any, ConversionReport]:
     """plugin state dict -> `to` ("plugin", "torchvision", "msra", "detectron2"; with `layout`, a detector's keys)."""
-    _check_format("target format", to, FORMATS)
+    check_choice("target format", to, FORMATS)
     if layout is not None and to != "detectron2":
         raise ValueError(f"layout={layout!r} applies to the detectron2 format only, not to {to!r}")
     if to == "detectron2":

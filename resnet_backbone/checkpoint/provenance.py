@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..utils.atomic import atomic_write_text
 from ..data.transforms import CIFAR10_PAPER, IMAGENET_PAPER, IMAGENET_TORCHVISION, Preprocessing
+from ..modeling.options import check_choice
 
 __all__ = ["Provenance", "PROVENANCE", "KNOWN_SOURCES", "get_provenance", "known_source", "provenance_for",
            "provenance_path", "read_provenance", "write_provenance"]
@@ -97,9 +98,7 @@ PROVENANCE: Dict[str, Provenance] = {
 
 
 def get_provenance(source: str) -> Provenance:
-    if source not in PROVENANCE:
-        raise ValueError(f"unknown weight source {source!r}; allowed: {', '.join(sorted(PROVENANCE))}")
-    return PROVENANCE[source]
+    return PROVENANCE[check_choice("weight source", source, tuple(sorted(PROVENANCE)))]
 
 
 def provenance_path(weights_path) -> str:

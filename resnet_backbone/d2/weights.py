@@ -17,6 +17,8 @@ import re
 from collections import OrderedDict
 from typing import List, Mapping, Tuple
 
+from ..modeling.options import check_choice
+
 __all__ = ["DETECTOR_LAYOUTS", "detector_layout", "map_classifier_to_detector"]
 
 # layout -> [(regex on the classifier key, replacement)]; the first match wins, no match = unmapped
@@ -44,8 +46,7 @@ def map_classifier_to_detector(state_dict: Mapping, layout: str) -> Tuple["Order
     `model.load_state_dict(mapped, strict=False)` or a checkpoint's "model"; `unmapped` lists the source keys that
     have no place in the detector (the classifier layer, anything unknown), in source order.
     """
-    if layout not in DETECTOR_LAYOUTS:
-        raise ValueError(f"unknown detector layout {layout!r}; allowed: {', '.join(map(repr, DETECTOR_LAYOUTS))}")
+    check_choice("detector layout", layout, tuple(DETECTOR_LAYOUTS))
     rules = [(re.compile(pattern), repl) for pattern, repl in DETECTOR_LAYOUTS[layout]]
     mapped, unmapped = OrderedDict(), []
     for key, value in state_dict.items():

@@ -25,7 +25,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
 
-from ..modeling.options import check_int
+from ..modeling.options import check_choice, check_int
 
 __all__ = [
     "Preprocessing",
@@ -72,11 +72,8 @@ class Preprocessing:
             object.__setattr__(self, name, values)
         if any(s <= 0 for s in self.pixel_std):
             raise ValueError(f"Preprocessing.pixel_std must be positive, got {self.pixel_std}")
-        if self.channel_order not in _CHANNEL_ORDERS:
-            raise ValueError(f"Preprocessing.channel_order must be one of {_CHANNEL_ORDERS}, "
-                             f"got {self.channel_order!r}")
-        if self.input_range not in _INPUT_RANGES:
-            raise ValueError(f"Preprocessing.input_range must be one of {_INPUT_RANGES}, got {self.input_range!r}")
+        check_choice("Preprocessing.channel_order", self.channel_order, _CHANNEL_ORDERS)
+        check_choice("Preprocessing.input_range", self.input_range, _INPUT_RANGES)
 
     def to_dict(self) -> dict:
         """JSON-ready description, e.g. to write beside exported weights."""

@@ -11,6 +11,8 @@ import bisect
 import math
 from collections import deque
 
+from ...modeling.options import check_choice
+
 __all__ = ["SCHEDULERS", "LRSchedule", "scaled_base_lr"]
 
 SCHEDULERS = ("step", "plateau")
@@ -32,8 +34,7 @@ class LRSchedule:
     def __init__(self, base_lr: float, *, kind: str = "step", steps=(), gamma: float = 0.1, warmup_iters: int = 0,
                  warmup_factor: float = 0.1, warmup_until_error: float = 0.0, plateau_patience: int = 3,
                  plateau_threshold: float = 0.001, plateau_max_drops: int = 3):
-        if kind not in SCHEDULERS:
-            raise ValueError(f"PRETRAIN.SOLVER.LR_SCHEDULER {kind!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
+        check_choice("PRETRAIN.SOLVER.LR_SCHEDULER", kind, SCHEDULERS)
         if not (base_lr > 0 and math.isfinite(base_lr)):
             raise ValueError(f"the base learning rate must be > 0, got {base_lr}")
         steps = [int(s) for s in steps]
