@@ -25,6 +25,8 @@ setup(
         "PyYAML",
         "tqdm",
         "tabulate",
+        # detectron2's Visualizer (tools/predict.py, the demo's pictures) imports cv2; detectron2 does not require it
+        "opencv-python-headless",
     ],
     # requirements/test-constraints.txt pins the versions the suite was run with (applied by tools/setup_env.py)
     extras_require={"test": ["pytest>=7", "hypothesis>=6"], "onnx": ["onnx>=1.14", "onnxruntime>=1.16"]},

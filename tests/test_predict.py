@@ -15,6 +15,8 @@ from pycocotools import mask as mask_util
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
 from resnet_backbone.engine.config_io import load_config
 
+pytestmark = pytest.mark.v06  # also on the detectron2 v0.6 fallback (.ci/run)
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ["DATASETS.TEST", "('rb_shapes_coco_val',)", "MODEL.ROI_HEADS.NUM_CLASSES", "4"]
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",

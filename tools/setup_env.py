@@ -42,7 +42,8 @@ D2_SDIST = "pb1-detectron2==0.6"
 D2_SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 # detectron2 v0.6 uses np.int/np.bool (removed in numpy 1.24), Image.LINEAR (removed in Pillow 10) and
 # pkg_resources (removed in setuptools 81); torch wants setuptools>=77.0.3.
-V06_PINS = ["numpy<1.24", "Pillow<10", "setuptools>=77.0.3,<81"]
+# OpenCV 4.9 and newer are built against numpy 2.
+V06_PINS = ["numpy<1.24", "Pillow<10", "setuptools>=77.0.3,<81", "opencv-python-headless<4.9"]
 # The v0.6 sdist on PyPI omits detectron2/layers/csrc: an extension with no ops, so that `from detectron2 import _C`
 # succeeds; it keeps the two version queries detectron2's collect_env_info (run by default_setup) calls.
 EMPTY_EXT = """// Written by resnet_backbone's tools/setup_env.py: detectron2 v0.6 built without its compiled ops.
@@ -342,7 +343,7 @@ def project_ready(v06=False):
     if os.path.realpath(url[len("file://"):]) != os.path.realpath(REPO):
         return False
     mods = ["torch", "torchvision", "fvcore", "pycocotools", "numpy", "PIL", "matplotlib", "yaml", "tqdm",
-            "tabulate", "pytest", "hypothesis"]
+            "tabulate", "cv2", "pytest", "hypothesis"]
     return all(importlib.util.find_spec(m) is not None for m in mods) and pinned_versions_ok(v06)
 
 
