@@ -35,7 +35,7 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     check_device(cfg.MODEL.DEVICE)
     if cfg.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
-        check_preprocessing(cfg, cfg.MODEL.WEIGHTS)  # the .provenance.json beside the weights, if any
+        check_preprocessing(cfg, cfg.MODEL.WEIGHTS)  # its .provenance.json, or the known public source it names
     register_synthetic_datasets()
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         check_dataset_registered(name)
