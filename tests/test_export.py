@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.data import DatasetMapper
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -194,9 +195,11 @@ def test_detector_exports_and_matches_eager(name, fmt, tmp_path, datasets_root, 
     assert result.max_abs_diff <= 1e-4, result.outputs
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["format"] == fmt and report["max_abs_diff"] == pytest.approx(result.max_abs_diff)
-    # independent of the tool's pairing: the same number of detections and the same sorted scores
-    image = export_tool.sample_inputs(load_config(str(REPO / "configs" / "coco" / f"{name}.yaml"),
-                                                  detector_opts(name)))[0]["image"]
+    # independent of the tool's pairing: the same number of detections and the same sorted scores, on the sample
+    # (the first validation image) read again by detectron2's own test-time mapper
+    cfg = load_config(str(REPO / "configs" / "coco" / f"{name}.yaml"), detector_opts(name))
+    image = DatasetMapper(cfg, is_train=False)({"file_name": report["sample"]})["image"].float()
+    assert report["sample"].endswith("val_000000.jpg") and report["image_size"] == list(image.shape[1:])
     reference = eager_detections(name, weights, image)
     exported = result.instances[0]["instances"]
     assert len(exported) == len(reference) == result.detections
@@ -205,6 +208,23 @@ def test_detector_exports_and_matches_eager(name, fmt, tmp_path, datasets_root, 
         ts = torch.jit.load(result.path)
         flat = ts(image)
         assert len(flat) == len(result.outputs) + 1  # boxes, classes, scores + the image size
+
+
+def test_lazy_config_exports_the_same_detector(tmp_path, datasets_root, weights, one_thread):
+    """configs/lazy/frcnn_r101.py with the same small settings and weights: the same detections as the YAML export."""
+    lazy = ["train.device=cpu", "model.backbone.depth=18", "model.roi_heads.num_classes=4",
+            'dataloader.test.dataset.names=["rb_shapes_coco_val"]',
+            "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+            "dataloader.test.mapper.augmentations.0.max_size=96",
+            "model.proposal_generator.anchor_generator.sizes=[[16,32,64]]",
+            "model.proposal_generator.post_nms_topk=[2000,50]",
+            "model.roi_heads.box_predictor.test_topk_per_image=1000", f"train.init_checkpoint={weights['frcnn_r101']}"]
+    from_lazy = export_tool.main(["--config", str(REPO / "configs" / "lazy" / "frcnn_r101.py"), "--output",
+                                  str(tmp_path / "lazy")] + lazy)
+    from_yaml = run_export("frcnn_r101", "torchscript", tmp_path / "yaml", weights)
+    assert from_lazy.max_abs_diff <= 1e-4 and from_lazy.detections == from_yaml.detections > 0
+    a, b = from_lazy.instances[0]["instances"], from_yaml.instances[0]["instances"]
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
 
 
 def test_torch_export_exports_the_backbone(tmp_path, datasets_root, weights, one_thread):

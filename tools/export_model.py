@@ -5,12 +5,16 @@ model.
 
     python tools/export_model.py --config configs/coco/frcnn_r101.yaml --format onnx --output out/export \
            MODEL.WEIGHTS output/coco/frcnn_r101/model_final.pth MODEL.DEVICE cpu
+    python tools/export_model.py --config configs/lazy/frcnn_r101.py --format torchscript --output out/export \
+           train.init_checkpoint=output/lazy/frcnn_r101/model_final.pth train.device=cpu
 
-The sample is --sample-image (resized as the test loader does) or the first image of DATASETS.TEST[0]. Written to
---output: the model (model.ts / model.onnx / backbone.pt2), export_report.json (what was exported, per-output
-differences) and, for the detector formats, detections.png (the exported model's detections on the sample).
-MODEL.RB_DEPLOY.{ONEDNN, WINOGRAD, COMPILE} are eager-only and refused; MODEL.RB_DEPLOY.FUSE_BN exports the BN-folded
-model. "torch.export" exports the backbone (see resnet_backbone/engine/detector_export.py for why).
+--config is a yacs YAML config (trailing KEY VALUE overrides) or a LazyConfig (.py, trailing key=value). The sample
+is --sample-image or the first image of the first test dataset, through the config's test-time mapper (resized as
+in evaluation). Written to --output: the model (model.ts / model.onnx / backbone.pt2), export_report.json (what was
+exported, the difference per output) and, for the detector formats, detections.png (the exported model's detections
+on the sample; drawn by detectron2's Visualizer, which needs OpenCV). MODEL.RB_DEPLOY.{ONEDNN, WINOGRAD, COMPILE} are
+eager-only and refused; MODEL.RB_DEPLOY.FUSE_BN exports the BN-folded model. "torch.export" exports the backbone
+(resnet_backbone/engine/detector_export.py says why).
 """
 import argparse
 import json
@@ -18,13 +22,15 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from detectron2.data import MetadataCatalog, build_detection_test_loader, detection_utils  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
+from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
@@ -36,6 +42,7 @@ from resnet_backbone.data.register import check_dataset_registered, register_syn
 from resnet_backbone.deploy import apply_deploy_config  # noqa: E402
 from resnet_backbone.engine.config_io import check_device, load_config  # noqa: E402
 from resnet_backbone.engine.detector_export import FORMATS, check_exportable_config, export_model  # noqa: E402
+from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view  # noqa: E402
 from resnet_backbone.utils.atomic import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("resnet_backbone.export_model")
@@ -44,37 +51,88 @@ logger = logging.getLogger("resnet_backbone.export_model")
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", "--config", dest="config_file", required=True, metavar="FILE",
-                   help="a detection config (configs/coco/*.yaml, configs/voc/*.yaml)")
+                   help="a detection config: configs/coco/*.yaml, configs/voc/*.yaml or configs/lazy/*.py")
     p.add_argument("--format", choices=FORMATS, default="torchscript", help="output format (default torchscript)")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the exported model and the report")
     p.add_argument("--sample-image", metavar="FILE", help="image to trace and compare on (default: the first "
-                   "image of DATASETS.TEST[0])")
+                   "image of the first test dataset)")
     p.add_argument("--allow-random-weights", action="store_true",
-                   help="export with MODEL.WEIGHTS empty (a randomly initialised detector, e.g. to try the export)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                   help="config overrides, e.g. MODEL.WEIGHTS out/model_final.pth MODEL.DEVICE cpu")
+                   help="export without weights (a randomly initialised detector, e.g. to try the export)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="OVERRIDES",
+                   help="config overrides: KEY VALUE for YAML (MODEL.WEIGHTS out/model_final.pth MODEL.DEVICE cpu), "
+                        "key=value for a LazyConfig (train.init_checkpoint=... train.device=cpu)")
     return p
 
 
-def sample_inputs(cfg, image_path=None):
-    """One sample as the detector's test loader gives it: [{"image": CHW float in INPUT.FORMAT, "height", "width"}]."""
+@dataclass
+class Detector:
+    """A detector ready to export (eval mode, weights loaded) and what its config says about its inputs."""
+
+    model: torch.nn.Module
+    mapper: Callable  # the test-time DatasetMapper: file / dataset dict -> {"image": CHW tensor, ...}
+    test_loader: Callable  # dataset name -> test data loader
+    datasets: List[str]  # the test datasets (the first gives the sample and the picture's class names)
+    input_format: str
+
+
+def _check_weights(weights, key, allow_random):
+    if not weights and not allow_random:
+        raise ValueError(f"{key} is empty: the export would hold a randomly initialised detector. Set it to a "
+                         "trained model (e.g. output/coco/frcnn_r101/model_final.pth), or pass "
+                         "--allow-random-weights to export an untrained one on purpose")
+
+
+def yaml_detector(args) -> Detector:
+    cfg = load_config(args.config_file, args.opts)
+    check_device(cfg.MODEL.DEVICE)
+    check_exportable_config(cfg)
+    _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", args.allow_random_weights)
+    if cfg.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
+        check_preprocessing(cfg, cfg.MODEL.WEIGHTS)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.freeze()
+    model = build_model(cfg)
+    SafeDetectionCheckpointer(model, allow_partial=cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL).load(cfg.MODEL.WEIGHTS)
+    model = apply_deploy_config(cfg, model.eval())  # FUSE_BN / CHANNELS_LAST: the exportable part of the deploy path
+    mapper = CheckedDatasetMapper(cfg, is_train=False)
+    return Detector(model, mapper, lambda name: build_detection_test_loader(cfg, name, mapper=mapper),
+                    list(cfg.DATASETS.TEST), cfg.INPUT.FORMAT)
+
+
+def lazy_detector(args) -> Detector:
+    cfg = load_lazy_config(args.config_file, args.opts)
+    check_device(cfg.train.device)
+    _check_weights(cfg.train.init_checkpoint, "train.init_checkpoint", args.allow_random_weights)
+    view = yacs_view(cfg)
+    if view.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
+        check_preprocessing(view, view.MODEL.WEIGHTS)
+    model = instantiate(cfg.model).to(cfg.train.device)
+    SafeDetectionCheckpointer(model, allow_partial=cfg.train.allow_partial).load(cfg.train.init_checkpoint)
+    mapper = instantiate(cfg.dataloader.test.mapper)
+
+    def test_loader(name):
+        return build_detection_test_loader(dataset=get_detection_dataset_dicts([name], filter_empty=False),
+                                           mapper=mapper, num_workers=0)
+
+    return Detector(model.eval(), mapper, test_loader, dataset_names(cfg.dataloader.test.dataset.names),
+                    view.INPUT.FORMAT)
+
+
+def sample_inputs(detector: Detector, image_path=None):
+    """One sample as the detector's test loader gives it: [{"image": CHW float in its input format, ...}]."""
     if image_path:
-        original = detection_utils.read_image(image_path, format=cfg.INPUT.FORMAT)
-        resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-        image = resize.get_transform(original).apply_image(original)
-        return [{"image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1)),
-                 "height": original.shape[0], "width": original.shape[1], "file_name": image_path}]
-    if not cfg.DATASETS.TEST:
-        raise ValueError("no sample: DATASETS.TEST is empty; pass --sample-image")
-    register_synthetic_datasets()
-    check_dataset_registered(cfg.DATASETS.TEST[0])
-    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0], mapper=CheckedDatasetMapper(cfg, is_train=False))
-    sample = next(iter(loader))[0]
+        sample = detector.mapper({"file_name": image_path})
+    else:
+        if not detector.datasets:
+            raise ValueError("no sample: the config has no test dataset; pass --sample-image")
+        register_synthetic_datasets()
+        check_dataset_registered(detector.datasets[0])
+        sample = next(iter(detector.test_loader(detector.datasets[0])))[0]
     sample["image"] = sample["image"].float()
     return [sample]
 
 
-def draw_detections(cfg, sample, instances, path, max_shown=20):
+def draw_detections(detector: Detector, sample, instances, path, max_shown=20):
     """The exported model's detections (network-input coordinates) on the sample image, as a PNG drawn by
     detectron2's Visualizer; None (with a log line) where it cannot be imported (it needs OpenCV)."""
     try:
@@ -84,9 +142,9 @@ def draw_detections(cfg, sample, instances, path, max_shown=20):
                        "opencv-python-headless)", e)
         return None
     image = sample["image"].permute(1, 2, 0).clamp(0, 255).byte().numpy()
-    if cfg.INPUT.FORMAT == "BGR":
+    if detector.input_format == "BGR":
         image = image[:, :, ::-1]
-    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+    meta = MetadataCatalog.get(detector.datasets[0]) if detector.datasets else None
     inst = instances.to("cpu")
     if inst.has("scores"):
         inst = inst[inst.scores.argsort(descending=True)[:max_shown]]
@@ -97,34 +155,20 @@ def draw_detections(cfg, sample, instances, path, max_shown=20):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logger(name="resnet_backbone")
-    cfg = load_config(args.config_file, args.opts)
-    check_device(cfg.MODEL.DEVICE)
-    check_exportable_config(cfg)
-    if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
-        raise ValueError("MODEL.WEIGHTS is empty: the export would hold a randomly initialised detector. Pass "
-                         "MODEL.WEIGHTS <trained model, e.g. output/coco/frcnn_r101/model_final.pth>, or "
-                         "--allow-random-weights to export an untrained one on purpose")
-    if cfg.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
-        check_preprocessing(cfg, cfg.MODEL.WEIGHTS)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.freeze()
-    model = build_model(cfg)
-    SafeDetectionCheckpointer(model, allow_partial=cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL).load(cfg.MODEL.WEIGHTS)
-    model.eval()
-    model = apply_deploy_config(cfg, model)  # FUSE_BN / CHANNELS_LAST: the exportable part of the deploy path
-    inputs = sample_inputs(cfg, args.sample_image)
+    detector = (lazy_detector if args.config_file.endswith(".py") else yaml_detector)(args)
+    inputs = sample_inputs(detector, args.sample_image)
     logger.info("exporting %s to %s as %s", args.config_file, args.output, args.format)
-    result = export_model(model, inputs, args.format, args.output)
+    result = export_model(detector.model, inputs, args.format, args.output)
     for name, shape, diff in result.outputs:
         logger.info("  %-40s %-16s max abs diff %.3g", name, "x".join(map(str, shape)) or "scalar", diff)
     what = f"{result.detections} detections" if result.detections is not None else "backbone features"
     logger.info("exported %s: %s; on the sample (%s) max abs difference from the eager model: %.3g", result.exported,
                 result.path, what, result.max_abs_diff)
-    report = dict(result.to_dict(), config=args.config_file, weights=cfg.MODEL.WEIGHTS,
+    report = dict(result.to_dict(), config=args.config_file, overrides=list(args.opts),
                   sample=inputs[0].get("file_name", ""), image_size=list(inputs[0]["image"].shape[1:]))
     if result.instances is not None:
-        instances = result.instances[0]["instances"]
-        picture = draw_detections(cfg, inputs[0], instances, os.path.join(args.output, "detections.png"))
+        picture = draw_detections(detector, inputs[0], result.instances[0]["instances"],
+                                  os.path.join(args.output, "detections.png"))
         if picture:
             report["picture"] = picture
     atomic_write_text(os.path.join(args.output, "export_report.json"), json.dumps(report, indent=2))
