@@ -162,7 +162,8 @@ def _pretrain_defaults():
     p.SOLVER.WARMUP_UNTIL_ERROR = 0.8
     # data-loading worker processes per training process
     p.NUM_WORKERS = 4
-    # log a progress line (loss, error, lr, images/s, ETA) every this many iterations
+    # every this many iterations: a metrics.json / TensorBoard record (loss, error, lr, images/s, times, ETA) and a
+    # console line as train_net's, smoothed (median) over these iterations
     p.LOG_PERIOD = 20
     # save a resumable checkpoint every this many iterations (and at the end)
     p.CHECKPOINT_PERIOD = 5000

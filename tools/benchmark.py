@@ -40,11 +40,8 @@ import argparse
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("backbone", "c4", "vgg16", "pipeline")

@@ -11,15 +11,12 @@ Writes <output>/<kind><depth>/ (checkpoints, metrics.json) per network, <output>
 """
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from resnet_backbone.engine.cifar_study import (  # noqa: E402
+from resnet_backbone.engine.cifar_study import (
     DEFAULT_DEPTHS,
     KINDS,
     embedded_settings,
@@ -29,9 +26,9 @@ from resnet_backbone.engine.cifar_study import (  # noqa: E402
     scale_schedule,
     study_config,
 )
-from resnet_backbone.engine.config_io import load_config  # noqa: E402
-from resnet_backbone.engine.launch import launch_checked  # noqa: E402
-from resnet_backbone.utils.atomic import atomic_write_text  # noqa: E402
+from resnet_backbone.engine.config_io import load_config
+from resnet_backbone.engine.launch import launch_checked
+from resnet_backbone.utils.atomic import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "cifar"
 EMBEDDED_ITERS = 30

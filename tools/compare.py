@@ -6,12 +6,9 @@
 Each argument is the OUTPUT_DIR of a tools/train_net.py run (training or --eval-only), e.g. real COCO/VOC runs.
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from resnet_backbone.compare import compare_runs  # noqa: E402
+from resnet_backbone.compare import compare_runs
 
 
 def main(argv=None):

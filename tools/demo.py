@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 # (run name, the paper's config, section of the small-scale overrides)
 DETECTORS = (("frcnn_r101", "configs/coco/frcnn_r101.yaml", "resnet"),

@@ -16,15 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from detectron2.engine import default_setup  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from resnet_backbone.engine.config_io import load_config  # noqa: E402
-from resnet_backbone.engine.launch import build_argument_parser, launch_checked  # noqa: E402
-from resnet_backbone.engine.pretrain import evaluate_pretrained, run_pretraining  # noqa: E402
+from resnet_backbone.engine.config_io import load_config
+from resnet_backbone.engine.launch import build_argument_parser, launch_checked
+from resnet_backbone.engine.pretrain import evaluate_pretrained, run_pretraining
 
 logger = logging.getLogger("resnet_backbone.pretrain_net")
 

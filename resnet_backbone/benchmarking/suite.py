@@ -94,9 +94,9 @@ def kernel_report(infer_models: Dict[str, nn.Module], before: dict) -> dict:
 
 def _fresh_copies(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
     """Deep copies of every contender, made one after the other once all are built. A model used as it came out of
-    its builder trained 1-6% slower than a deep copy of itself in 4 of 4 runs (where its tensors landed in memory
-    among the builder's temporaries), which would favour whichever contender was copied or loaded last; copying
-    them all gives each the same start (the reference-copy noise floor is then a copy of a copy)."""
+    its builder can run slower than a copy of itself (its tensors lie in memory among the builder's temporaries;
+    README, Speed), which would favour whichever contender was copied or loaded last; copying them all gives each
+    the same start (the reference-copy noise floor is then a copy of a copy)."""
     return {name: copy.deepcopy(m) for name, m in models.items()}
 
 

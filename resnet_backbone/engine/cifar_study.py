@@ -24,7 +24,8 @@ __all__ = ["KINDS", "DEFAULT_DEPTHS", "StudyRun", "study_config", "embedded_sett
            "run_study", "read_curves", "plot_study", "format_study_table"]
 
 KINDS = ("plain", "resnet")
-DEFAULT_DEPTHS = (20, 56, 110)  # the issue's default; Fig. 6 shows 20/32/44/56 (plain) and 20...110 (ResNet)
+# depths of Table 6: 20 and 56 (in Fig. 6 for both kinds) and 110 (Fig. 6's deepest ResNet; its plain nets stop at 56)
+DEFAULT_DEPTHS = (20, 56, 110)
 BASE_CONFIG = "Base-CIFAR10.yaml"
 
 

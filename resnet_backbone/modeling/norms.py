@@ -11,10 +11,8 @@ class FrozenBatchNorm2d(_D2FrozenBatchNorm2d):
     """detectron2's FrozenBatchNorm2d (same buffers and state dict, an instance of detectron2's class) whose
     training-time forward applies the fixed affine map in one op, addcmul(shift, x, scale), instead of
     x * scale + shift: one pass over the activation and one activation-sized temporary less, same values (up to
-    the rounding of one fused multiply-add). Without gradients it is detectron2's fused F.batch_norm.
-    Measured (CPU, one thread, alternating fresh copies): training time equal to detectron2's within noise
-    (0.999); peak memory of a ResNet-101 / C4 R-101 training step lower (tools/benchmark.py: 0.82-0.90 of
-    detectron2's, against 0.93-1.01 before)."""
+    the rounding of one fused multiply-add), hence a lower training peak memory (README, Speed). Without gradients
+    it is detectron2's fused F.batch_norm."""
 
     def forward(self, x):
         if not x.requires_grad:
