@@ -20,7 +20,8 @@ from .modeling import MODEL_SPECS, VGG, ResNet, create_model, list_models
 from .paper_tables import Reference, reference_for
 
 __all__ = ["ModelRow", "count_parameters", "count_multiply_adds", "paper_family", "torchvision_parameter_count",
-           "model_row", "model_rows", "format_model_table", "IMAGENET_INPUT", "CIFAR_INPUT"]
+           "model_row", "model_rows", "format_model_table", "weight_layer_multiply_adds", "IMAGENET_INPUT",
+           "CIFAR_INPUT"]
 
 IMAGENET_INPUT = 224  # paper Table 1
 CIFAR_INPUT = 32  # paper Sec 4.2
@@ -57,6 +58,15 @@ def weight_layer_handles():
     }
 
 
+def weight_layer_multiply_adds(counter) -> int:
+    """The total of an fvcore FlopCountAnalysis ``counter`` over weight layers only (convolutions, fully-connected
+    layers: the paper's convention), without fvcore's warnings about the operators skipped on purpose."""
+    counter.clear_op_handles().set_op_handle(**weight_layer_handles())
+    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with torch.no_grad():
+        return int(counter.total())
+
+
 def count_multiply_adds(model: nn.Module, input_size: int, *, in_channels: int = 3) -> int:
     """Multiply-adds of one forward pass on a 1 x in_channels x input_size x input_size input (eval mode).
 
@@ -68,11 +78,8 @@ def count_multiply_adds(model: nn.Module, input_size: int, *, in_channels: int =
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCountAnalysis(model, torch.zeros(1, in_channels, input_size, input_size))
-        counter.clear_op_handles().set_op_handle(**weight_layer_handles())
-        counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-        with torch.no_grad():
-            return int(counter.total())
+        return weight_layer_multiply_adds(FlopCountAnalysis(model, torch.zeros(1, in_channels, input_size,
+                                                                             input_size)))
     finally:
         model.train(was_training)
 

@@ -38,15 +38,10 @@ def demo_opts(device: str, iters: int) -> List[str]:
 
 def seconds_per_iteration(metrics_file: Path, skip: int = WARMUP_ITERS) -> Optional[float]:
     """Median of the "time" records of a detectron2 metrics.json after iteration `skip` (None if there are none)."""
-    times = []
-    with open(metrics_file) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            record = json.loads(line)
-            if "time" in record and record.get("iteration", -1) >= skip:
-                times.append(float(record["time"]))
+    from ..engine.pretrain.metrics import read_metrics
+
+    times = [float(r["time"]) for r in read_metrics(str(metrics_file))
+             if "time" in r and r.get("iteration", -1) >= skip]
     return statistics.median(times) if times else None
 
 

@@ -5,17 +5,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..report import weight_layer_handles  # one handle set for the project
+from ..report import weight_layer_multiply_adds  # one handle set for the project
 
 __all__ = ["multiply_adds", "detector_multiply_adds", "matmul_peak_gflops", "achieved_gflops"]
-
-
-def _count(counter) -> int:
-    # weight layers only (convolutions, fully-connected layers), the paper's convention (see resnet_backbone.report)
-    counter.clear_op_handles().set_op_handle(**weight_layer_handles())
-    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    with torch.no_grad():
-        return int(counter.total())
 
 
 def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:
@@ -25,7 +17,7 @@ def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:
     was_training = model.training
     model.eval()
     try:
-        return _count(FlopCountAnalysis(model, example)) // example.shape[0]
+        return weight_layer_multiply_adds(FlopCountAnalysis(model, example)) // example.shape[0]
     finally:
         model.train(was_training)
 
@@ -54,7 +46,7 @@ def detector_multiply_adds(model: nn.Module, inputs: Sequence[dict]) -> int:
     model.eval()
     try:
         wrapper = _DetectorOnTensors(model, inputs)
-        return _count(FlopCountAnalysis(wrapper, tuple(d["image"] for d in inputs))) // len(inputs)
+        return weight_layer_multiply_adds(FlopCountAnalysis(wrapper, tuple(d["image"] for d in inputs))) // len(inputs)
     finally:
         model.train(was_training)
 

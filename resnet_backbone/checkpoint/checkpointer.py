@@ -171,7 +171,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 + "\n".join(preview.lines(limit=_EXAMPLES))
             )
         c = preview.coverage
-        if max(c.missing_tensors / max(c.tensors, 1), c.missing_values / max(c.values, 1)) <= MAX_UNINITIALIZED_FRACTION:
+        fraction = max(c.missing_tensors / max(c.tensors, 1), c.missing_values / max(c.values, 1))
+        if fraction <= MAX_UNINITIALIZED_FRACTION:
             return
         summary = f"{source} would leave {c.line()} uninitialised, more than {MAX_UNINITIALIZED_FRACTION:.0%}"
         if self.allow_partial:

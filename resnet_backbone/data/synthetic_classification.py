@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import colorsys
 import dataclasses
-import json
 import math
 import os
 import pickle
@@ -24,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from ..modeling.options import check_choice, check_int
-from ..utils.atomic import atomic_write, atomic_write_text
+from ..utils.atomic import atomic_write
+from .manifest import manifest_matches, write_manifest
 
 __all__ = [
     "SHAPES",
@@ -217,16 +217,10 @@ def generate_classification_set(root: str | os.PathLike, num_classes: int = 10, 
     names = class_names(num_classes)
     result = GeneratedClassificationSet(root, layout, tuple(names), num_classes * train_per_class,
                                         num_classes * val_per_class, image_size, manifest_path, created=True)
-    if manifest_path.is_file():
-        existing = json.loads(manifest_path.read_text())
-        if existing.get("params") != params:
-            raise ValueError(f"{str(root)!r} already holds a generated {layout} set with parameters "
-                             f"{existing.get('params')}, not {params}; use another root or delete it")
-        if all((root / rel).is_file() for rel in existing.get("files", ())):
-            return dataclasses.replace(result, created=False)
+    if manifest_matches(manifest_path, params, layout):
+        return dataclasses.replace(result, created=False)
 
     root.mkdir(parents=True, exist_ok=True)
     files = (_write_imagenet if layout == "imagenet" else _write_cifar)(root, names, params)
-    manifest = {"params": params, "classes": names, "files": files}
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    write_manifest(manifest_path, params, names, files)
     return result

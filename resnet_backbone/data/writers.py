@@ -43,6 +43,20 @@ def encode_jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class _Writer:
+    """A context manager that calls ``close()`` (which writes the index file) when its block completes."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+
+
 def _check_class_names(class_names: Sequence[str]) -> List[str]:
     names = list(class_names)
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
@@ -60,7 +74,7 @@ def _check_category(category_id: int, class_names: Sequence[str]) -> int:
     return int(category_id)
 
 
-class CocoWriter:
+class CocoWriter(_Writer):
     """Collects samples into one COCO instances json; images go to ``image_root/<stem>.jpg``.
 
     Categories get ids 1..K in ``class_names`` order (COCO ids start at 1; 0 is unused),
@@ -116,13 +130,6 @@ class CocoWriter:
         text = json.dumps(self.to_dict(), separators=(",", ":"))
         atomic_write_bytes(self.json_file, text.encode("utf-8"))
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-
 
 def voc_annotation_xml(sample, class_names: Sequence[str], folder: str = "VOC2007") -> bytes:
     """One Pascal VOC annotation file for ``sample``.
@@ -156,7 +163,7 @@ def voc_annotation_xml(sample, class_names: Sequence[str], folder: str = "VOC200
     return (ET.tostring(root, encoding="unicode") + "\n").encode("utf-8")
 
 
-class VocWriter:
+class VocWriter(_Writer):
     """Writes one split of a Pascal VOC style folder:
 
     ``dirname/JPEGImages/<stem>.jpg``, ``dirname/Annotations/<stem>.xml`` and, on :meth:`close`,
@@ -185,10 +192,3 @@ class VocWriter:
         """Write the split's image-set file."""
         text = "".join(stem + "\n" for stem in self._stems)
         atomic_write_bytes(os.path.join(self.dirname, "ImageSets", "Main", self.split + ".txt"), text.encode("utf-8"))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()

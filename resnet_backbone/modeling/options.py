@@ -3,9 +3,7 @@
 import numbers
 
 SHORTCUT_OPTIONS = ("A", "B", "C", "none")  # paper Sec 3.3; "none" = plain net
-BLOCK_NAMES = ("basic", "bottleneck")
 NORM_OPTIONS = ("BN", "SyncBN", "FrozenBN", "GN", "naiveSyncBN", "nnSyncBN", "")  # detectron2's get_norm
-STAGE_NAMES = ("stem", "res2", "res3", "res4", "res5")
 
 
 def _same_kind(value, allowed) -> bool:
