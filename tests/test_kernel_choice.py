@@ -165,6 +165,9 @@ def test_key_changes_with_threads_shape_dtype_layout_and_epilogue():
                 kernels.layer_key(conv, x, False, False),
                 kernels.layer_key(conv, x, True, True)]
     assert len({base, *variants}) == 1 + len(variants)
+    # whether Winograd is a candidate (the deploy path with and without it measures different sets)
+    conv.winograd = True
+    assert kernels.layer_key(conv, x, True, False) != base
     # above EXACT_UP_TO, sides share a key within 2^(1/4) steps: many image sizes, few measurements
     big = [kernels.layer_key(conv, torch.randn(1, 64, 50, w), True, False) for w in (200, 204, 300)]
     assert big[0] == big[1] != big[2]
@@ -216,7 +219,7 @@ def test_cpu_identity_names_the_model_and_flags():
 def test_fastest_candidate_is_kept(monkeypatch):
     # a fake clock: each call advances it by that candidate's cost, so the choice is deterministic
     clock = [0.0]
-    monkeypatch.setattr(kernels.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(kernels, "_clock", lambda: clock[0])
     costs = {"conv2d_nchw": 3.0, "conv2d_nhwc": 2.0, "onednn": 5.0, "winograd4": 1.0, "winograd2": 4.0}
     calls = {name: (lambda c=c: clock.__setitem__(0, clock[0] + c)) for name, c in costs.items()}
     best, times = kernels.measure(calls)
@@ -231,7 +234,7 @@ def test_a_cached_choice_is_used_without_measuring(monkeypatch):
     path = kernels.store_path()
     path.parent.mkdir(parents=True)
     key = kernels.layer_key(conv, x, False, False)
-    path.write_text(json.dumps({"format": 1, "entries": {key: {"kernel": "conv2d_nchw", "ms": {}}}}))
+    path.write_text(json.dumps({"format": kernels._FORMAT, "entries": {key: {"kernel": "conv2d_nchw", "ms": {}}}}))
     monkeypatch.setattr(kernels, "measure", lambda *a, **k: pytest.fail("measured although the choice is cached"))
     with torch.no_grad():
         out = conv(x)

@@ -11,9 +11,12 @@ fastest, as cuDNN's benchmark mode does:
 * ``winograd4`` / ``winograd2``: Winograd F(4x4, 3x3) / F(2x2, 3x3) (3x3 / stride-1 float32 layers, with the kernels
   built), epilogue fused into the output transform.
 
+With one torch thread the candidates are timed by the thread's CPU time, so that a busy machine does not decide
+the choice; with more, by wall time (the minimum of ROUNDS interleaved rounds).
+
 The choice is written to RB_CACHE_DIR (default ~/.cache/resnet_backbone) in one JSON file per CPU (model and
 instruction-set flags), torch version and kernel source, keyed by the layer's geometry, input shape, dtype,
-memory format, epilogue and thread count: a second process (or a second call) does not measure again. Feature maps
+memory format, epilogue, candidate set and thread count: a second process (or a second call) does not measure again. Feature maps
 larger than `EXACT_UP_TO` share a key within steps of 2^(1/4) per side, so detection with images of many sizes
 measures a few shapes per layer, not one per image.
 
@@ -43,9 +46,9 @@ logger = logging.getLogger(__name__)
 
 MODES = ("measure", "rules")
 KERNELS = ("conv2d_nchw", "conv2d_nhwc", "onednn", "winograd4", "winograd2")
-ROUNDS = 3  # timed rounds after one untimed call per candidate (packing, transforms); the minimum is kept
+ROUNDS = 5  # timed rounds after one untimed call per candidate (packing, transforms); the minimum is kept
 EXACT_UP_TO = 32  # feature-map sides up to this are keyed exactly, larger ones by bucket
-_FORMAT = 1  # bumped when the file's layout or the meaning of a key changes
+_FORMAT = 2  # bumped when the file's layout or the meaning of a key changes
 
 _lock = threading.Lock()
 _stores: Dict[Path, "_Store"] = {}
@@ -131,13 +134,14 @@ def _layout(x: torch.Tensor) -> str:
 
 def layer_key(conv, x: torch.Tensor, relu: bool, has_add: bool) -> str:
     """The cache key of one call: layer geometry, input shape (sides bucketed above EXACT_UP_TO), dtype, memory
-    format, epilogue, torch threads."""
+    format, epilogue, whether Winograd is a candidate, torch threads."""
     n, c, h, w = x.shape
     geometry = (f"{c}>{conv.out_channels} k{'x'.join(map(str, conv.kernel_size))} s{'x'.join(map(str, conv.stride))}"
                 f" p{'x'.join(map(str, conv.padding))} d{'x'.join(map(str, conv.dilation))} g{conv.groups}"
                 f" b{int(conv.bias is not None)}")
     return (f"{geometry} | n{n} h{_bucket(h)} w{_bucket(w)} {str(x.dtype).replace('torch.', '')} {_layout(x)} |"
-            f" relu{int(relu)} add{int(has_add)} | t{torch.get_num_threads()}")
+            f" relu{int(relu)} add{int(has_add)} winograd{int('winograd4' in candidates(conv, x))} |"
+            f" t{torch.get_num_threads()}")
 
 
 def candidates(conv, x: torch.Tensor) -> Tuple[str, ...]:
@@ -159,6 +163,13 @@ def rules_choice(conv, x: torch.Tensor) -> str:
     return "onednn"
 
 
+def _clock() -> float:
+    """With one torch thread, the calling thread's CPU time: the kernels run in that thread, and time the machine
+    gave to other processes meanwhile does not count (a busy machine would otherwise decide the choice). With more
+    threads, wall time (the work is spread over threads this clock does not see)."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
+
+
 def measure(calls: Dict[str, Callable[[], object]], rounds: int = ROUNDS) -> Tuple[str, Dict[str, float]]:
     """(fastest name, {name: best seconds}): one untimed call each, then `rounds` rounds with every candidate once,
     in rotating order (load from other processes hits all alike); the minimum of each is kept (noise only adds)."""
@@ -168,9 +179,9 @@ def measure(calls: Dict[str, Callable[[], object]], rounds: int = ROUNDS) -> Tup
     best = {n: math.inf for n in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start = _clock()
             calls[name]()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], _clock() - start)
     return min(names, key=best.__getitem__), best
 
 

@@ -87,6 +87,7 @@ class OneDNNConv2d(Conv2d):
         """{cache key of an input shape (kernels.layer_key): kernel name} for the calls so far."""
         return self.__dict__.setdefault("_rb_kernel_choices", {})
 
+    @_winograd._not_traced  # measuring times real calls and writes a file: never traced by torch.compile
     def _kernel_for(self, x, relu: bool, add) -> str:
         fast = self.__dict__.setdefault("_rb_kernel_fast", {})
         local = (tuple(x.shape), x.dtype, x.is_contiguous(), relu, add is not None, torch.get_num_threads(),
