@@ -33,6 +33,7 @@ from resnet_backbone.data.register import register_synthetic_datasets
 from resnet_backbone.data.synthetic_detection import generate_dataset
 from resnet_backbone.engine.config_io import load_config
 from resnet_backbone.engine.lazy import load_lazy_config, parse_override, yacs_view
+from resnet_backbone.engine.overrides import load_override_sections, overrides_to_opts
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -91,7 +92,11 @@ def bottom_up(model):
 
 
 def test_same_modules_settings_buffers_shapes_and_frozen_parameters(twins):
-    name, ycfg, ymodel, lcfg, lmodel = twins
+    _, ycfg, ymodel, lcfg, lmodel = twins
+    same_models(ymodel, lmodel)
+
+
+def same_models(ymodel, lmodel):
     assert hyperparameters(lmodel) == hyperparameters(ymodel)
     assert {k: v.shape for k, v in lmodel.state_dict().items()} == {k: v.shape for k, v in ymodel.state_dict().items()}
     ybuf, lbuf = dict(ymodel.named_buffers()), dict(lmodel.named_buffers())
@@ -149,7 +154,12 @@ def _per_parameter(optimizer, model):
 
 
 def test_same_solver(twins):
-    name, ycfg, ymodel, lcfg, lmodel = twins
+    _, ycfg, ymodel, lcfg, lmodel = twins
+    same_solver(ycfg, ymodel, lcfg, lmodel)
+    assert lcfg.train.output_dir == ycfg.OUTPUT_DIR
+
+
+def same_solver(ycfg, ymodel, lcfg, lmodel):
     yopt = build_optimizer(ycfg, ymodel)
     lcfg.optimizer.params.model = lmodel
     lopt = instantiate(lcfg.optimizer)
@@ -167,14 +177,18 @@ def test_same_solver(twins):
     t = lcfg.train
     assert (t.checkpointer.period, t.eval_period, t.log_period) == (ycfg.SOLVER.CHECKPOINT_PERIOD,
                                                                     ycfg.TEST.EVAL_PERIOD, ycfg.RB_TRAIN.LOG_PERIOD)
-    assert (t.init_checkpoint, t.output_dir) == (ycfg.MODEL.WEIGHTS, ycfg.OUTPUT_DIR)
+    assert (t.init_checkpoint, t.seed) == (ycfg.MODEL.WEIGHTS, ycfg.SEED)
     w = ycfg.MODEL.RB_WEIGHTS
     assert (t.allow_partial, t.check_preprocessing) == (w.ALLOW_PARTIAL, w.CHECK_PREPROCESSING)
     assert t.allow_random_frozen == w.get("ALLOW_RANDOM_FROZEN", False)
 
 
 def test_same_data_pipeline(twins):
-    name, ycfg, _, lcfg, _ = twins
+    _, ycfg, _, lcfg, _ = twins
+    same_data(ycfg, lcfg)
+
+
+def same_data(ycfg, lcfg):
     loaders = lcfg.dataloader
     for is_train, lazy_mapper in ((True, loaders.train.mapper), (False, loaders.test.mapper)):
         ymapper = CheckedDatasetMapper(ycfg, is_train=is_train, skip_unreadable=ycfg.RB_TRAIN.SKIP_UNREADABLE_IMAGES)
@@ -190,6 +204,19 @@ def test_same_data_pipeline(twins):
         for part in key.split("."):
             a, b = a[part], b[part]
         assert plain(a) == plain(b), key
+
+
+def test_demo_scale_twin_agrees():
+    """configs/lazy/demo/frcnn_r101_shapes.py = configs/coco/frcnn_r101.yaml + configs/demo/shapes_small_scale.yaml."""
+    sections = load_override_sections(REPO / "configs" / "demo" / "shapes_small_scale.yaml")
+    ycfg = load_config(str(REPO / "configs" / "coco" / "frcnn_r101.yaml"),
+                       overrides_to_opts(sections["common"], sections["resnet"]) + ["MODEL.DEVICE", "cpu"])
+    lcfg = load_lazy_config(str(REPO / "configs" / "lazy" / "demo" / "frcnn_r101_shapes.py"), ["train.device=cpu"])
+    torch.manual_seed(0)
+    ymodel, lmodel = build_model(ycfg), instantiate(lcfg.model)
+    same_models(ymodel, lmodel)
+    same_solver(ycfg, ymodel, lcfg, lmodel)
+    same_data(ycfg, lcfg)
 
 
 def test_depth_override_reaches_the_c4_head():

@@ -21,29 +21,25 @@ import json
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
 
-import torch  # noqa: E402
-from detectron2.config import instantiate  # noqa: E402
-from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
-from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
-from resnet_backbone.checkpoint.preprocessing import check_preprocessing  # noqa: E402
-from resnet_backbone.data.checked_mapper import CheckedDatasetMapper  # noqa: E402
-from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
-from resnet_backbone.deploy import apply_deploy_config  # noqa: E402
-from resnet_backbone.engine.config_io import check_device, load_config  # noqa: E402
-from resnet_backbone.engine.detector_export import FORMATS, check_exportable_config, export_model  # noqa: E402
-from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view  # noqa: E402
-from resnet_backbone.utils.atomic import atomic_write_text  # noqa: E402
+import resnet_backbone  # noqa: F401  (registers the plugin's backbones and heads)
+from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
+from resnet_backbone.checkpoint.preprocessing import check_preprocessing
+from resnet_backbone.data.checked_mapper import CheckedDatasetMapper
+from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
+from resnet_backbone.deploy import apply_deploy_config
+from resnet_backbone.engine.config_io import check_device, load_config
+from resnet_backbone.engine.detector_export import FORMATS, check_exportable_config, export_model
+from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view
+from resnet_backbone.utils.atomic import atomic_write_text
 
 logger = logging.getLogger("resnet_backbone.export_model")
 

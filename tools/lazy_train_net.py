@@ -11,28 +11,24 @@ config does not have is an error. Every name in dataloader.test.dataset.names is
 (COCO or VOC, from the dataset), and the results are written to train.output_dir/eval_results.json.
 """
 import logging
-import sys
 from collections import OrderedDict
 from contextlib import contextmanager
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
 
-from detectron2.config import instantiate  # noqa: E402
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks  # noqa: E402
-from detectron2.engine.defaults import create_ddp_model  # noqa: E402
-from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-
-import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
-from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
-from resnet_backbone.checkpoint.frozen import check_frozen_layers_loaded, loaded_keys  # noqa: E402
-from resnet_backbone.checkpoint.preprocessing import check_preprocessing  # noqa: E402
-from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
-from resnet_backbone.engine.config_io import check_device  # noqa: E402
-from resnet_backbone.engine.launch import build_argument_parser, check_launch_args, launch_checked  # noqa: E402
-from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view  # noqa: E402
-from resnet_backbone.engine.trainer import ddp_device_kwargs, write_eval_results  # noqa: E402
+import resnet_backbone  # noqa: F401  (registers the plugin's backbones and heads)
+from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
+from resnet_backbone.checkpoint.frozen import check_frozen_layers_loaded, loaded_keys
+from resnet_backbone.checkpoint.preprocessing import check_preprocessing
+from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
+from resnet_backbone.engine.config_io import check_device
+from resnet_backbone.engine.launch import build_argument_parser, check_launch_args, launch_checked
+from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view
+from resnet_backbone.engine.trainer import ddp_device_kwargs, write_eval_results
 
 logger = logging.getLogger("resnet_backbone.lazy_train_net")
 
