@@ -343,6 +343,15 @@ def test_override_key_typo_is_named():
     assert parse_override("a.b=[64]") == ("a.b", [64]) and parse_override("a.b=") == ("a.b", "")
 
 
+def test_weights_needing_other_preprocessing_are_named():
+    """torchvision's VGG-16 weights (the lazy VGG config's default) need RGB input: BGR is refused before any
+    download, in the LazyConfig's own keys."""
+    args = lazy_train_net.build_parser().parse_args(
+        ["--config", str(REPO / "configs" / "lazy" / "frcnn_vgg16.py"), "train.device=cpu", "model.input_format=BGR"])
+    with pytest.raises(ValueError, match="INPUT.FORMAT is 'BGR'.*model.input_format"):
+        lazy_train_net.setup(args)
+
+
 def test_training_refuses_random_frozen_layers(datasets_root, tmp_path, one_thread):
     opts = [o for o in tiny("frcnn_r101", tmp_path) if "norm=" not in o and "freeze_at=" not in o]
     with pytest.raises(ValueError, match="train.allow_random_frozen=True"):
