@@ -83,11 +83,16 @@ def _pretrain_defaults():
     p.NUM_CLASSES = 0
     # residual nets' shortcut option "A" / "B" / "C"; "" = the model's default (B ImageNet, A CIFAR)
     p.SHORTCUT = ""
-    # ResNets' norm layer ("BN": per-GPU statistics as in the paper; "SyncBN": over all GPUs)
+    # ResNets' norm layer ("BN": per-GPU statistics as in the paper; "SyncBN": over all GPUs; "naiveSyncBN":
+    # detectron2's all-reduce version, also on CPU processes (GLOO), so N processes train as one with N x the batch)
     p.NORM = "BN"
+    # mixed precision: the forward under autocast in bfloat16 where the device supports it (CPU, recent CUDA GPUs;
+    # no loss scaling needed), else float16 with a GradScaler (saved in the checkpoints); evaluation stays float32
+    p.AMP = False
     p.DATASET = CN()
     # "imagenet" (ROOT/{train,val}/<wnid>/*), "cifar10" (ROOT/cifar-10-batches-py) or the embedded generated
-    # sets "generated_imagenet" / "generated_cifar10" (written under ROOT on first use)
+    # sets "generated_imagenet" / "generated_cifar10" / "generated_shapes" (the detection set's shapes x colours as
+    # classes, ImageNet layout; written under ROOT on first use)
     p.DATASET.NAME = "imagenet"
     # data folder; a relative path is taken under $RB_DATASETS (default <repo>/datasets)
     p.DATASET.ROOT = "imagenet"
@@ -95,7 +100,7 @@ def _pretrain_defaults():
     p.DATASET.VAL_SIZE = 0
     # ImageNet folders: skip unreadable images with a warning instead of stopping with an error naming the file
     p.DATASET.SKIP_CORRUPT = False
-    # generated sets only: number of classes (at most 144)
+    # generated sets only: number of classes (at most 144; generated_shapes: 16)
     p.DATASET.GENERATED_NUM_CLASSES = 10
     # generated sets only: training images per class
     p.DATASET.GENERATED_TRAIN_PER_CLASS = 50

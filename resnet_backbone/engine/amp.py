@@ -11,7 +11,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 
 from ..deploy.precision import autocast_forward
 
-__all__ = ["amp_dtype", "CPUAMPTrainer", "build_amp_step_trainer"]
+__all__ = ["amp_dtype", "CPUAMPTrainer", "build_amp_step_trainer", "grad_scaler", "pretrain_amp_dtype"]
 
 
 def amp_dtype(device: Union[str, torch.device]) -> torch.dtype:
@@ -23,6 +23,22 @@ def amp_dtype(device: Union[str, torch.device]) -> torch.dtype:
     if kind == "cpu":
         return torch.bfloat16
     raise ValueError(f"mixed-precision training runs on 'cuda' or 'cpu', got device {str(device)!r}")
+
+
+def pretrain_amp_dtype(device: Union[str, torch.device]) -> torch.dtype:
+    """The pretraining stage's autocast dtype (PRETRAIN.AMP): bfloat16 where the device runs it (CPU; CUDA GPUs
+    with bfloat16 support), which needs no loss scaling; float16 on older GPUs."""
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    if kind in ("cuda", "cpu"):
+        return torch.bfloat16
+    raise ValueError(f"mixed-precision training runs on 'cuda' or 'cpu', got device {str(device)!r}")
+
+
+def grad_scaler(device: Union[str, torch.device], dtype) -> "torch.amp.GradScaler":
+    """A GradScaler that scales only for float16 (a disabled one passes loss and step through unchanged)."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
 
 
 class CPUAMPTrainer(SimpleTrainer):

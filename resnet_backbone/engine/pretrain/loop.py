@@ -26,6 +26,7 @@ from torch import nn
 from ...modeling import create_model
 from ...utils.atomic import atomic_write_text
 from ...modeling.options import check_int
+from ..amp import grad_scaler, pretrain_amp_dtype
 from ..config_io import check_device
 from .checkpoint import (
     FINAL_NAME,
@@ -111,8 +112,12 @@ class PretrainRun:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=s.BASE_LR, momentum=s.MOMENTUM,
                                          weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
         self.schedule = LRSchedule.from_cfg(cfg)
+        self.amp_dtype = pretrain_amp_dtype(self.device) if cfg.PRETRAIN.AMP else None
+        self.scaler = grad_scaler(self.device, self.amp_dtype)
+        # the loss scale is part of the state only when it scales (float16): a resumed run continues it
+        extra = {"grad_scaler": self.scaler} if self.scaler.is_enabled() else {}
         self.checkpointer = PretrainCheckpointer(model, cfg.OUTPUT_DIR, keep=cfg.PRETRAIN.KEEP_CHECKPOINTS,
-                                                 optimizer=self.optimizer, schedule=self.schedule)
+                                                 optimizer=self.optimizer, schedule=self.schedule, **extra)
         self.precise_bn_done = False
         path, extras = None, None
         if resume:
@@ -206,8 +211,9 @@ class PretrainRun:
         """One SGD step at ``lr``; returns (loss, training top-1 error) of the batch, averaged over all ranks."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits = self.model(images)
-        loss = F.cross_entropy(logits, targets)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)):
+            logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), targets)
         with torch.no_grad():
             stats = torch.stack([loss.detach().float(), (logits.argmax(1) != targets).float().mean()])
             if comm.get_world_size() > 1:  # every rank takes the same decisions (stop, warm-up end) from them
@@ -217,8 +223,9 @@ class PretrainRun:
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(self._non_finite_message(it, loss_value))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) when float16 gradients overflowed
+        self.scaler.update()
         return loss_value, err_value
 
     def _non_finite_message(self, it: int, value: float) -> str:
