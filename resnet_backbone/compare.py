@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 from .engine.pretrain.metrics import read_metrics
 from .paper_tables import DETECTION_TABLE
+from .utils.figures import new_figure, save_figure
 
 METRICS = (("AP50", "mAP@.5"), ("AP", "mAP@[.5,.95]"))
 
@@ -84,12 +85,8 @@ def _fmt(v):
 
 
 def plot_comparison(runs: List[Run], rows: List[dict], out_png: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_bar, ax_loss) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig = new_figure((13, 4.8))
+    ax_bar, ax_loss = fig.subplots(1, 2)
     numeric = lambda c: all(isinstance(r.get(c), (int, float, type(None))) for r in rows)  # noqa: E731
     series = [c for c in rows[0] if c.startswith(("ours ", "paper ")) and numeric(c)] if rows else []
     width = 0.8 / max(len(series), 1)
@@ -110,11 +107,7 @@ def plot_comparison(runs: List[Run], rows: List[dict], out_png: str) -> str:
     ax_loss.set_ylabel("total training loss")
     ax_loss.set_title("Training loss")
     ax_loss.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
 
 
 def compare_runs(paths, png, markdown=None, echo=print) -> List[dict]:

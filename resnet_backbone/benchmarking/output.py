@@ -5,6 +5,7 @@ import os
 from typing import Iterator, List, Tuple
 
 from ..utils.atomic import atomic_write_text
+from ..utils.figures import new_figure, save_figure
 
 __all__ = ["groups", "format_table", "check_targets", "check_deploy", "machine_lines", "write_json",
            "plot_ratios"]
@@ -189,11 +190,6 @@ def write_json(results: dict, path: str):
 
 def plot_ratios(results: dict, path: str):
     """Horizontal bars: median time / reference's median for every contender of every group (line at 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = []
     for section, phase, group in groups(results):
         for name, c in group["contenders"].items():
@@ -201,7 +197,8 @@ def plot_ratios(results: dict, path: str):
                          name == group["reference"]))
     if not rows:
         raise ValueError("no timed groups in the results to plot")
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    fig = new_figure((9, 0.32 * len(rows) + 1.2))
+    ax = fig.subplots()
     labels = [r[0] for r in rows][::-1]
     values = [r[1] for r in rows][::-1]
     colours = ["#999999" if r[2] else ("#2a7ab9" if r[1] <= 1.0 else "#d95f02") for r in rows][::-1]
@@ -213,7 +210,4 @@ def plot_ratios(results: dict, path: str):
     env = results.get("environment", {})
     ax.set_title(f"resnet_backbone benchmark ({env.get('device', '?')}, {env.get('threads', '?')} thread(s))",
                  fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .. import paper_tables
 from ..modeling.options import check_choice
 from ..report import count_parameters
+from ..utils.figures import new_figure, save_figure
 from .config_io import load_config
 from .pretrain import build_classifier, run_pretraining
 from .pretrain.metrics import read_metrics
@@ -109,12 +110,8 @@ def run_study(configs: list, output_dir: str, *, resume: bool = False) -> list:
 
 def plot_study(runs: list, path: str) -> str:
     """Fig. 6 style: one panel per kind (plain, ResNet), dashed training error, solid test error, per depth."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     kinds = [k for k in KINDS if any(r.kind == k for r in runs)]
-    fig = Figure(figsize=(5.5 * len(kinds), 4.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure((5.5 * len(kinds), 4.2))
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     top = max([e for r in runs for _, e in r.train_curve + r.test_curve] + [20.0])
     for ax, kind in zip(axes, kinds):
@@ -132,10 +129,7 @@ def plot_study(runs: list, path: str) -> str:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("CIFAR-10 training and test error (cf. He et al. 2016, Fig. 6)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _paper_params(depth):
