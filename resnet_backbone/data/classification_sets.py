@@ -17,6 +17,7 @@ from ..modeling.options import check_choice
 from .classification import CIFAR10Dataset, ImageNetFolder
 from .register import default_root
 from .synthetic_classification import generate_classification_set
+from .synthetic_shape_classes import generate_shape_classes
 
 __all__ = ["DATASETS", "PIPELINES", "ClassificationSet", "build_classification_set", "classification_set",
            "resolve_data_root"]
@@ -30,12 +31,13 @@ class ClassificationSet:
 
     pipeline: one of PIPELINES.
     read: (root, split "train" / "val", transform, the PRETRAIN.DATASET config node) -> the data set.
-    generated: the layout (synthetic_classification.LAYOUTS) written under the root first, for the embedded sets.
+    generated: for the embedded sets, (root, the PRETRAIN.DATASET config node) -> None, which writes the set under
+        the root first (idempotent).
     """
 
     pipeline: str
     read: Callable[[str, str, Optional[Callable], object], Dataset]
-    generated: Optional[str] = None
+    generated: Optional[Callable[[str, object], object]] = None
 
 
 def _imagenet(root, split, transform, d) -> Dataset:
@@ -48,11 +50,27 @@ def _cifar10(root, split, transform, d) -> Dataset:
     return CIFAR10Dataset(root, cifar_split, transform, val_size=d.VAL_SIZE)
 
 
+def _generated(layout: str):
+    # synthetic_classification's set in one of its layouts
+    def write(root, d):
+        generate_classification_set(root, num_classes=d.GENERATED_NUM_CLASSES,
+                                    train_per_class=d.GENERATED_TRAIN_PER_CLASS,
+                                    val_per_class=d.GENERATED_VAL_PER_CLASS, seed=d.GENERATED_SEED, layout=layout)
+    return write
+
+
+def _generated_shapes(root, d):
+    # the detection set's shapes and colours as classes (synthetic_shape_classes), ImageNet folder layout
+    generate_shape_classes(root, num_classes=d.GENERATED_NUM_CLASSES, train_per_class=d.GENERATED_TRAIN_PER_CLASS,
+                           val_per_class=d.GENERATED_VAL_PER_CLASS, seed=d.GENERATED_SEED)
+
+
 DATASETS = {
     "imagenet": ClassificationSet("imagenet", _imagenet),
     "cifar10": ClassificationSet("cifar", _cifar10),
-    "generated_imagenet": ClassificationSet("imagenet", _imagenet, generated="imagenet"),
-    "generated_cifar10": ClassificationSet("cifar", _cifar10, generated="cifar"),
+    "generated_imagenet": ClassificationSet("imagenet", _imagenet, generated=_generated("imagenet")),
+    "generated_cifar10": ClassificationSet("cifar", _cifar10, generated=_generated("cifar")),
+    "generated_shapes": ClassificationSet("imagenet", _imagenet, generated=_generated_shapes),
 }
 
 
@@ -68,12 +86,10 @@ def resolve_data_root(root: str) -> str:
     return root if os.path.isabs(root) else os.path.join(os.path.dirname(default_root()), root)
 
 
-def _ensure_generated(d, root: str, layout: str) -> None:
-    # One writer per machine; the others wait (the generator is idempotent, but not safe to run concurrently).
+def _ensure_generated(d, root: str, write) -> None:
+    # One writer per machine; the others wait (the generators are idempotent, but not safe to run concurrently).
     if comm.get_local_rank() == 0:
-        generate_classification_set(root, num_classes=d.GENERATED_NUM_CLASSES,
-                                    train_per_class=d.GENERATED_TRAIN_PER_CLASS,
-                                    val_per_class=d.GENERATED_VAL_PER_CLASS, seed=d.GENERATED_SEED, layout=layout)
+        write(root, d)
     comm.synchronize()
 
 
