@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 from .compare import load_run
 from .engine.pretrain.metrics import read_metrics
 from .paper_tables import DETECTION_TABLE
+from .utils.figures import new_figure, save_figure
 
 __all__ = ["DetectorEntry", "PretrainEntry", "PAPER_COLUMNS", "load_detector", "load_pretraining", "table_rows",
            "format_markdown", "plot_demo", "prediction_montage"]
@@ -119,12 +120,8 @@ def format_markdown(rows: Sequence[dict]) -> str:
 def plot_demo(detectors: Sequence[DetectorEntry], pretraining: Sequence[PretrainEntry], out_png: str) -> str:
     """mAP bars (ours and the paper's), pretraining curves (training loss, validation top-1 error), detection
     training losses: one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_bar, ax_pre, ax_det) = plt.subplots(1, 3, figsize=(18, 5))
+    fig = new_figure((18, 5))
+    ax_bar, ax_pre, ax_det = fig.subplots(1, 3)
     metrics = (("COCO-format\nAP50", "coco_ap50", ("COCO val", "mAP@.5")),
                ("COCO-format\nAP", "coco_ap", ("COCO val", "mAP@[.5,.95]")),
                ("VOC-format\nmAP@.5", "voc_ap50", ("PASCAL VOC 2007 test", "mAP@.5")))
@@ -165,11 +162,7 @@ def plot_demo(detectors: Sequence[DetectorEntry], pretraining: Sequence[Pretrain
     ax_det.set_ylabel("total training loss")
     ax_det.set_title("Detection training")
     ax_det.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
 
 
 def prediction_montage(rows: Sequence[tuple], out_png: str) -> str:

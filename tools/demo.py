@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def run_stage(stage: Stage, logs: Path, index: int, total: int) -> None:
     stage.output_dir.mkdir(parents=True, exist_ok=True)
     started.write_text(stage.key() + "\n")
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(stage.env or {}))
-    t0 = time.time()
+    t0, cpu0 = time.time(), _children_cpu()
     with open(log_file, "a") as f:
         f.write("$ " + " ".join(_quote(c) for c in stage.command) + "\n")
         f.flush()
@@ -121,10 +122,18 @@ def run_stage(stage: Stage, logs: Path, index: int, total: int) -> None:
     if proc.returncode != 0 or missing:
         why = f"exit status {proc.returncode}" if proc.returncode else f"no {', '.join(missing)}"
         raise StageFailed(f"stage {stage.name} failed ({why}); see its log {log_file}")
+    seconds, cpu = time.time() - t0, _children_cpu() - cpu0
     (stage.output_dir / STAGE_RECORD).write_text(json.dumps(
-        {"key": stage.key(), "command": stage.command, "seconds": round(time.time() - t0, 1)}, indent=2))
+        {"key": stage.key(), "command": stage.command, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1)},
+        indent=2))
     started.unlink()
-    log(f"    {stage.name} finished in {time.time() - t0:.0f} s")
+    log(f"    {stage.name} finished in {seconds:.0f} s ({cpu:.0f} s of CPU time)")
+
+
+def _children_cpu() -> float:
+    # CPU time of the finished stage processes: comparable across machines where wall time depends on the load
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _quote(arg: str) -> str:
