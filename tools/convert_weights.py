@@ -23,21 +23,19 @@ import argparse
 import hashlib
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from resnet_backbone.checkpoint.pkl_writer import save_pkl  # noqa: E402
-from resnet_backbone.utils.atomic import atomic_save  # noqa: E402
-from resnet_backbone.checkpoint.convert import (  # noqa: E402
+from resnet_backbone.checkpoint.pkl_writer import save_pkl
+from resnet_backbone.utils.atomic import atomic_save
+from resnet_backbone.checkpoint.convert import (
     FORMATS, convert_from_plugin, convert_to_plugin, detect_format,
 )
-from resnet_backbone.checkpoint.download import fetch, is_remote  # noqa: E402
-from resnet_backbone.checkpoint.provenance import (  # noqa: E402
+from resnet_backbone.checkpoint.download import fetch, is_remote
+from resnet_backbone.checkpoint.provenance import (
     PROVENANCE, get_provenance, provenance_for, write_provenance,
 )
-from resnet_backbone.checkpoint.safe_load import load_file  # noqa: E402
-from resnet_backbone.d2.weights import DETECTOR_LAYOUTS  # noqa: E402
+from resnet_backbone.checkpoint.safe_load import load_file
+from resnet_backbone.d2.weights import DETECTOR_LAYOUTS
 
 # what each output format is written as: detectron2 and Caffe2 read pickles of numpy arrays, the others torch.save
 PICKLE_FORMATS = ("detectron2", "msra")

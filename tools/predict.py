@@ -24,11 +24,9 @@ import glob
 import json
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
+import resnet_backbone  # noqa: F401  (registers the plugin's backbones and heads)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # drawn pictures keep the input's format where it is one of these, else become PNG

@@ -7,22 +7,19 @@
 Evaluation is chosen from the dataset: COCO mAP@[.5:.95] / mAP@.5 (pycocotools) or VOC mAP@.5.
 """
 import logging
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from detectron2.engine import default_setup  # noqa: E402
+from detectron2.engine import default_setup
 
-import resnet_backbone  # noqa: E402,F401  (registers the plugin's backbones and heads)
-from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer  # noqa: E402
-from resnet_backbone.checkpoint.frozen import check_training_weights  # noqa: E402
-from resnet_backbone.checkpoint.preprocessing import check_preprocessing  # noqa: E402
-from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets  # noqa: E402
-from resnet_backbone.deploy import apply_deploy_config  # noqa: E402
-from resnet_backbone.engine.config_io import check_device, load_config  # noqa: E402
-from resnet_backbone.engine.launch import build_argument_parser, launch_checked  # noqa: E402
-from resnet_backbone.engine.trainer import Trainer, write_eval_results  # noqa: E402
+import resnet_backbone  # noqa: F401  (registers the plugin's backbones and heads)
+from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
+from resnet_backbone.checkpoint.frozen import check_training_weights
+from resnet_backbone.checkpoint.preprocessing import check_preprocessing
+from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
+from resnet_backbone.deploy import apply_deploy_config
+from resnet_backbone.engine.config_io import check_device, load_config
+from resnet_backbone.engine.launch import build_argument_parser, launch_checked
+from resnet_backbone.engine.trainer import Trainer, write_eval_results
 
 logger = logging.getLogger("resnet_backbone.train_net")
 

@@ -31,9 +31,12 @@ def check_launch_args(num_gpus: int, num_machines: int = 1, machine_rank: int = 
 
 
 def launch_checked(main_func, args):
-    """Validate the distributed arguments, then run `main_func(args)` through detectron2's launch. A worker that
+    """Validate the distributed arguments, then run `main_func(args)` through detectron2's launch (one process:
+    here, returning its result). A worker that
     dies (killed, out of memory) ends the job with a message naming its rank; the others are stopped by torch."""
     check_launch_args(args.num_gpus, args.num_machines, args.machine_rank)
+    if args.num_gpus * args.num_machines == 1:
+        return main_func(args)  # what detectron2's launch does for one process, keeping the return value
     try:
         return launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                       dist_url=args.dist_url, args=(args,))

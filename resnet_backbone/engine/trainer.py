@@ -11,7 +11,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
-from ..checkpoint.atomic import atomic_write_text
+from ..utils.atomic import atomic_write_text
 from ..checkpoint.checkpointer import SafeDetectionCheckpointer
 from ..data.checked_mapper import CheckedDatasetMapper
 from .amp import build_amp_step_trainer
