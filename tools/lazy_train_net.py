@@ -26,7 +26,7 @@ from resnet_backbone.checkpoint.frozen import check_frozen_layers_loaded, loaded
 from resnet_backbone.checkpoint.preprocessing import check_preprocessing
 from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
 from resnet_backbone.engine.config_io import check_device
-from resnet_backbone.engine.launch import build_argument_parser, check_launch_args, launch_checked
+from resnet_backbone.engine.launch import build_argument_parser, launch_checked
 from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view
 from resnet_backbone.engine.trainer import ddp_device_kwargs, write_eval_results
 
@@ -161,9 +161,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if not args.config_file:
         build_parser().error("--config-file (or --config) is required")
-    if args.num_gpus * args.num_machines == 1:
-        check_launch_args(args.num_gpus, args.num_machines, args.machine_rank)
-        return worker(args)  # what detectron2's launch does for one process, keeping the result
     return launch_checked(worker, args)
 
 
