@@ -38,7 +38,7 @@ optimizer.weight_decay = 0.0001
 # the lr divided by 10 at 3/4 of training, as the paper's schedule; a short warm-up from scratch
 lr_multiplier = step_schedule([90], 120, gamma=0.1, warmup_iters=20)  # noqa: F811
 train.max_iter = 120
-train.checkpointer.period = 60
+train.checkpointer.period = 80
 # a loss point every 5 iterations
 train.log_period = 5
 # data order and augmentation seeded (detectron2's default: a new seed per run)
