@@ -17,6 +17,19 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _logger_propagation():
+    """Tools run in-process call detectron2's setup_logger, which stops their loggers propagating to the root
+    logger (where pytest's caplog listens): put that back after each test."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("resnet_backbone", "detectron2", "d2")]
+    saved = [lg.propagate for lg in loggers]
+    yield
+    for lg, propagate in zip(loggers, saved):
+        lg.propagate = propagate
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -25,7 +25,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 import torch
-from detectron2.export import TracingAdapter, dump_torchscript_IR
+try:
+    from detectron2.export import TracingAdapter, dump_torchscript_IR
+except ImportError as e:  # v0.6's export package imports caffe2, which PyTorch no longer ships
+    raise ImportError(f"detectron2.export does not import with this detectron2 ({e}); export needs a current "
+                      f"detectron2 (main), e.g. `python tools/setup_env.py --detectron2-source ...`") from e
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 from torch import nn
