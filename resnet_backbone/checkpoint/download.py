@@ -24,22 +24,16 @@ from typing import Optional
 from urllib.parse import unquote, urlparse
 
 from ..utils.atomic import atomic_write
+from ..utils.cache import cache_dir
 
-__all__ = ["CACHE_ENV", "DEFAULT_CACHE_DIR", "cache_dir", "cached_path", "fetch", "is_remote", "published_sha256",
+__all__ = ["cached_path", "fetch", "is_remote", "published_sha256",
            "resolve_url"]
 
-CACHE_ENV = "RB_CACHE_DIR"
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "resnet_backbone")
 DOWNLOAD_SCHEMES = ("http", "https", "file")
 # torch.hub's convention for published files: <name>-<leading hex digits of the SHA-256>.<ext>
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
-
-
-def cache_dir() -> str:
-    """The download cache: $RB_CACHE_DIR, else ~/.cache/resnet_backbone."""
-    return os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR))
 
 
 def is_remote(path) -> bool:
@@ -63,7 +57,7 @@ def cached_path(url: str) -> str:
     parts = [p for p in unquote(parsed.path).split("/") if p not in ("", ".", "..")]
     if not parts:
         raise ValueError(f"cannot cache {url!r}: the URL names no file")
-    return os.path.join(cache_dir(), parsed.netloc or parsed.scheme, *parts)
+    return os.path.join(str(cache_dir()), parsed.netloc or parsed.scheme, *parts)
 
 
 def published_sha256(url: str) -> Optional[str]:
@@ -90,7 +84,7 @@ def _download(url: str, destination: str, *, sha256: Optional[str], progress: bo
         raise OSError(
             f"could not download {url}: {reason}. On a machine without internet access, download it elsewhere "
             f"(python tools/convert_weights.py --input {url} ... writes the converted file, or copy the file to "
-            f"{destination}, where the cache in ${CACHE_ENV} expects it), or set MODEL.WEIGHTS to a local file"
+            f"{destination}, where the cache in $RB_CACHE_DIR expects it), or set MODEL.WEIGHTS to a local file"
         ) from e
     with response:
         length = response.headers.get("Content-Length") if response.headers else None

@@ -3,14 +3,11 @@ import os
 import platform
 from pathlib import Path
 
+from ..utils.cache import cache_dir  # noqa: F401  (kernels.py and winograd.py take it from here)
+
 __all__ = ["cache_dir", "cpu_identity", "cpu_model", "cpu_flags"]
 
 _CPUINFO = "/proc/cpuinfo"
-
-
-def cache_dir() -> Path:
-    """RB_CACHE_DIR, default ~/.cache/resnet_backbone: the built Winograd kernels and the measured kernel choices."""
-    return Path(os.environ.get("RB_CACHE_DIR") or Path.home() / ".cache" / "resnet_backbone")
 
 
 def _cpuinfo_lines(prefixes) -> list:
