@@ -8,7 +8,7 @@ demo: setup
 	$(PYTHON) tools/demo.py
 
 test: setup
-	$(PYTHON) -m pytest tests -q
+	$(PYTHON) -m pytest tests -q -rfE --tb=short
 
 test-fast: setup
-	$(PYTHON) -m pytest tests -q -m "not slow"
+	$(PYTHON) -m pytest tests -q -rfE --tb=short -m "not slow"

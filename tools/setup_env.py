@@ -67,7 +67,8 @@ def log(msg):
 
 
 def pip(*args, constraints=None, check=True, timeout=None):
-    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args]
+    # -q: pip's per-requirement lines would bury the step log (and CI's view of the test results); errors still show
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args]
     if constraints:
         cmd += ["-c", str(constraints)]
     log("$ " + " ".join(cmd))
