@@ -3,13 +3,12 @@
 A run directory is what tools/train_net.py leaves in OUTPUT_DIR: `eval_results.json` (written by the plugin's
 Trainer) and detectron2's `metrics.json` (one JSON object per line; training losses by iteration).
 """
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .engine.pretrain.metrics import read_metrics
+from .engine.pretrain.metrics import read_metrics, read_run_json
 from .paper_tables import DETECTION_TABLE
 from .utils.figures import new_figure, save_figure
 
@@ -25,12 +24,7 @@ class Run:
 
 
 def load_run(path: str) -> Run:
-    res_file = os.path.join(path, "eval_results.json")
-    if not os.path.isfile(res_file):
-        raise FileNotFoundError(f"{res_file} not found: is {path!r} the OUTPUT_DIR of a finished "
-                                f"tools/train_net.py run (training or --eval-only)?")
-    with open(res_file) as f:
-        payload = json.load(f)
+    payload = read_run_json(path, "eval_results.json", "tools/train_net.py (training or --eval-only)")
     losses = sorted((int(r["iteration"]), float(r["total_loss"])) for r in read_metrics(path)
                     if "total_loss" in r and "iteration" in r)
     return Run(path=path, label=payload.get("label", os.path.basename(path.rstrip("/"))),

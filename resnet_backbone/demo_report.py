@@ -8,14 +8,13 @@ trained from scratch, so those rows have no paper numbers.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from .compare import load_run
-from .engine.pretrain.metrics import read_metrics
+from .engine.pretrain.metrics import read_metrics, read_run_json
 from .paper_tables import DETECTION_TABLE
 from .utils.figures import new_figure, save_figure
 
@@ -53,12 +52,7 @@ class DetectorEntry:
 
 
 def load_pretraining(label: str, path: str) -> PretrainEntry:
-    results_file = os.path.join(path, "pretrain_results.json")
-    if not os.path.isfile(results_file):
-        raise FileNotFoundError(f"{results_file} not found: is {path!r} the OUTPUT_DIR of a finished "
-                                f"tools/pretrain_net.py run?")
-    with open(results_file) as f:
-        results = json.load(f)
+    results = read_run_json(path, "pretrain_results.json", "tools/pretrain_net.py")
     ten = results.get("val10", {}).get("top1_err")
     return PretrainEntry(label=label, path=path, iterations=int(results["iteration"]),
                          top1_err=float(results["val"]["top1_err"]), top5_err=float(results["val"]["top5_err"]),

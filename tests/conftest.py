@@ -1,6 +1,7 @@
 """Shared test settings: CPU threads, headless plots, quiet detectron2 logging."""
 import importlib.util
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -39,6 +40,40 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def registered_shapes(root, **generate_kwargs):
+    """The embedded shapes data generated in root/rb_shapes and registered from there (RB_DATASETS=root); the
+    datasets are registered from the default root again afterwards, for later modules."""
+    from resnet_backbone.data.register import register_synthetic_datasets
+    from resnet_backbone.data.synthetic_detection import generate_dataset
+
+    generate_dataset(str(Path(root) / "rb_shapes"), **generate_kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RB_DATASETS", str(root))
+        register_synthetic_datasets()
+        yield root
+    register_synthetic_datasets()
+
+
+def randomize_norms(model, seed=0):
+    """Non-trivial running statistics (and affine parameters, where a norm has them) in every BatchNorm / FrozenBN,
+    so that a misplaced norm tensor or a wrong BN folding shows in the outputs. Returns the model, mode unchanged."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "running_var", None) is None:
+                continue
+            n = m.running_var.numel()
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if isinstance(getattr(m, "weight", None), torch.Tensor):
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            if getattr(m, "num_batches_tracked", None) is not None:
+                m.num_batches_tracked.fill_(7)
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_tool
+from conftest import load_tool, randomize_norms
 import torch
 import torchvision
 
@@ -26,21 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 
-def _randomize_norms(model, seed=0):
-    """Non-trivial BatchNorm affine and statistics, so that a misplaced norm tensor shows in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.num_batches_tracked.fill_(7)
-    return model.eval()
-
-
 def _close(a, b, rel=1e-5):
     return (a - b).abs().max().item() <= rel * max(a.abs().max().item(), 1.0)
 
@@ -48,13 +33,13 @@ def _close(a, b, rel=1e-5):
 @pytest.fixture(scope="module")
 def tv_resnet50():
     torch.manual_seed(0)
-    return _randomize_norms(torchvision.models.resnet50(weights=None))
+    return randomize_norms(torchvision.models.resnet50(weights=None)).eval()
 
 
 @pytest.fixture(scope="module")
 def plugin_resnet18():
     torch.manual_seed(1)
-    return _randomize_norms(create_model("resnet18"))
+    return randomize_norms(create_model("resnet18")).eval()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -64,7 +49,7 @@ def plugin_resnet18():
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_torchvision_weights_give_torchvision_logits(name, tv_resnet50):
-    tv = tv_resnet50 if name == "resnet50" else _randomize_norms(torchvision.models.resnet18(weights=None))
+    tv = tv_resnet50 if name == "resnet50" else randomize_norms(torchvision.models.resnet18(weights=None)).eval()
     plugin = create_model(name, stride_in_1x1=False).eval()  # torchvision's stride placement
     report = C.load_weights_into(plugin, tv.state_dict())
     assert report.ok and report.source == "torchvision" and report.converted == len(tv.state_dict()), str(report)
@@ -83,7 +68,7 @@ def test_stride_placement_matters(tv_resnet50):
 
 
 def test_plugin_to_torchvision_loads_strictly(tv_resnet50):
-    plugin = _randomize_norms(create_model("resnet50", stride_in_1x1=False), seed=3)
+    plugin = randomize_norms(create_model("resnet50", stride_in_1x1=False), seed=3).eval()
     sd, report = C.plugin_to_torchvision(plugin.state_dict(), target=tv_resnet50)
     assert report.ok and not report.unexpected, str(report)
     tv = torchvision.models.resnet50(weights=None).eval()
@@ -151,7 +136,7 @@ def _d2_cfg(**resnets):
 def test_c4_layout_fills_detectron2s_own_r50_c4():
     from detectron2.modeling import build_model
 
-    plugin = _randomize_norms(create_model("resnet50"), seed=4)
+    plugin = randomize_norms(create_model("resnet50"), seed=4).eval()
     detector = build_model(_d2_cfg())
     checkpoint, report = C.to_detection_checkpoint(plugin.state_dict(), "c4", target=detector)
     assert report.ok and not report.unexpected, str(report)
@@ -202,7 +187,7 @@ def test_raw_detectron2_names_match_detectron2s_heuristics():
 def test_msra_round_trip_same_eval_outputs(tmp_path, name):
     from detectron2.checkpoint.c2_model_loading import convert_basic_c2_names
 
-    plugin = _randomize_norms(create_model(name), seed=5)
+    plugin = randomize_norms(create_model(name), seed=5).eval()
     msra, report = C.plugin_to_msra(plugin.state_dict())
     assert report.ok and "conv1_w" in msra and "res_conv1_bn_s" in msra and "fc1000_w" in msra
     assert "res3_0_branch1_w" in msra and "res3_0_branch2a_bn_b" in msra

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_tool
+from conftest import load_tool, randomize_norms
 from detectron2.config import get_cfg
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_model
@@ -28,20 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-4
 
 
-def _randomize_norm_stats(model: nn.Module, seed: int = 0):
-    """Non-trivial statistics and affine parameters in every BN / FrozenBN, so folding has something to do."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.25)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-    return model
-
-
 def _rel_err(out, ref) -> float:
     if isinstance(ref, dict):
         assert out.keys() == ref.keys()
@@ -54,7 +40,7 @@ def _norms(model):
 
 
 def _check_equal(model, x, *, expect_folded, **options):
-    model = _randomize_norm_stats(model).eval()
+    model = randomize_norms(model).eval()
     with torch.no_grad():
         ref = model(x)
     fast = prepare_for_inference(copy.deepcopy(model), fuse_bn=True, **options)
@@ -125,7 +111,7 @@ def test_c4_detector_backbone_and_res5_through_apply_deploy_config():
     # the fixed kernel rule, so that the Winograd path is taken where asserted below (tests/test_kernel_choice.py
     # covers "measure")
     cfg = _c4_cfg(FUSE_BN=True, CHANNELS_LAST=True, ONEDNN=True, WINOGRAD=True, KERNELS="rules")
-    model = _randomize_norm_stats(build_model(cfg)).eval()
+    model = randomize_norms(build_model(cfg)).eval()
     assert isinstance(model.backbone, ResNet)
     assert isinstance(model.backbone.res2[0].conv1.norm, FrozenBatchNorm2d)
     x = torch.randn(1, 3, 64, 96)
@@ -182,7 +168,7 @@ def test_fold_refuses_training_mode_and_leaves_batch_dependent_norms():
 def test_fold_keeps_an_existing_conv_bias():
     conv = Conv2d(3, 5, 3, padding=1, bias=True, norm=nn.BatchNorm2d(5))
     nn.init.normal_(conv.bias)
-    _randomize_norm_stats(conv).eval()
+    randomize_norms(conv).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         ref = conv(x)
@@ -198,7 +184,7 @@ def test_prepare_for_inference_rejects_bad_options(bad):
 
 
 def test_deployed_model_copies_and_falls_back_when_gradients_are_needed():
-    model = _randomize_norm_stats(create_model("cifar_resnet8")).eval()
+    model = randomize_norms(create_model("cifar_resnet8")).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
@@ -241,7 +227,7 @@ def test_compile_guard_when_the_first_call_fails(monkeypatch, caplog):
         raise RuntimeError("inductor: no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", lambda model, **kw: fails_when_called)
-    model = _randomize_norm_stats(create_model("cifar_resnet8")).eval()
+    model = randomize_norms(create_model("cifar_resnet8")).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)

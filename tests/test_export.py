@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import registered_shapes
 from detectron2.data import DatasetMapper
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
@@ -23,8 +24,6 @@ import resnet_backbone
 from resnet_backbone.d2.backbones import build_rb_resnet_fpn_backbone, build_rb_retinanet_resnet_fpn_backbone
 from resnet_backbone.d2.roi_heads import RBVGG16FCHead, res5_head_stage
 from resnet_backbone.d2.weights import detector_layout, map_classifier_to_detector
-from resnet_backbone.data.register import register_synthetic_datasets
-from resnet_backbone.data.synthetic_detection import generate_dataset
 from resnet_backbone.deploy import prepare_for_inference
 from resnet_backbone.engine.config_io import load_config
 from resnet_backbone.engine.detector_export import check_exportable_model, compare_outputs
@@ -128,12 +127,8 @@ def detector_opts(name):
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("rb_datasets")
-    generate_dataset(str(root / "rb_shapes"), num_train=2, num_val=2, image_size=(64, 96))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RB_DATASETS", str(root))
-        register_synthetic_datasets()
+    with registered_shapes(root, num_train=2, num_val=2, image_size=(64, 96)):
         yield root
-    register_synthetic_datasets()
 
 
 class DetectorWeights(dict):

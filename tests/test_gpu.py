@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_tool, randomize_norms
 from detectron2.config import get_cfg
 from detectron2.engine import AMPTrainer
 from detectron2.modeling import build_model
@@ -45,13 +46,7 @@ def _rel_err(out, ref) -> float:
 
 def _backbones():
     models = backbone_contenders(50, "FrozenBN", 2, "cuda")
-    g = torch.Generator().manual_seed(0)
-    d2 = models["detectron2"]
-    with torch.no_grad():  # non-trivial frozen statistics, so that folding has something to do
-        for m in d2.modules():
-            if hasattr(m, "running_var"):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    d2 = randomize_norms(models["detectron2"])  # non-trivial frozen norms, so that folding has something to do
     models["plugin"].load_state_dict(d2.state_dict())
     return {k: m.cuda().eval() for k, m in models.items()}
 
@@ -149,7 +144,6 @@ def test_amp_detection_training_on_cuda_uses_detectron2s_amp_trainer():
 
 
 def test_benchmark_quick_on_cuda_has_the_cuda_contenders(tmp_path):
-    from conftest import load_tool
 
     benchmark = load_tool("benchmark")
     out = tmp_path / "bench"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_norms
 from detectron2.layers import Conv2d
 
 from resnet_backbone import add_resnet_backbone_config, create_model
@@ -36,14 +37,7 @@ def _rel_err(out, ref) -> float:
 
 
 def _model(name="cifar_resnet8"):
-    model = create_model(name).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if hasattr(m, "running_var"):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
+    return randomize_norms(create_model(name)).eval()
 
 
 def _convs(model):

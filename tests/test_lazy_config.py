@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import registered_shapes
 from detectron2.config import instantiate
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import SimpleTrainer, hooks
@@ -29,8 +30,6 @@ from torchvision.ops import RoIPool
 import resnet_backbone  # noqa: F401  (registers the plugin's builders)
 from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead, build_res5_head_stage, res5_head_stage
 from resnet_backbone.data.checked_mapper import CheckedDatasetMapper
-from resnet_backbone.data.register import register_synthetic_datasets
-from resnet_backbone.data.synthetic_detection import generate_dataset
 from resnet_backbone.engine.config_io import load_config
 from resnet_backbone.engine.lazy import load_lazy_config, parse_override, yacs_view
 from resnet_backbone.engine.overrides import load_override_sections, overrides_to_opts
@@ -274,12 +273,8 @@ def test_vgg_head_from_keyword_arguments_equals_the_cfg_one():
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("rb_datasets")
-    generate_dataset(str(root / "rb_shapes"), num_train=6, num_val=3, image_size=(64, 96))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RB_DATASETS", str(root))
-        register_synthetic_datasets()
+    with registered_shapes(root, num_train=6, num_val=3, image_size=(64, 96)):
         yield root
-    register_synthetic_datasets()  # back to the default root for later modules
 
 
 def tiny(name, out=None):

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import load_tool
+from conftest import load_tool, randomize_norms
 from detectron2.config import get_cfg
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 import resnet_backbone
@@ -48,26 +47,12 @@ def _cfg(name, *opts):
     return load_config(str(REPO / "configs" / name), SMALL + list(opts))
 
 
-def _randomize_norms(model, seed=0):
-    """Non-trivial BatchNorm affine and statistics, so that a misplaced norm tensor shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def msra_r50(tmp_path_factory):
     """An MSRA / Caffe2 ImageNet pickle (bare {blob: array}, BatchNorm folded) of a plugin ResNet-50, where
     detectron2 keeps it: .../ImageNetPretrained/MSRA/R-50.pkl. Returns (path, classifier, blobs)."""
     torch.manual_seed(0)
-    classifier = _randomize_norms(resnet_backbone.create_model("resnet50", num_classes=1000))
+    classifier = randomize_norms(resnet_backbone.create_model("resnet50", num_classes=1000)).eval()
     blobs, report = plugin_to_msra(classifier.state_dict())
     assert report.ok and "res_conv1_bn_s" in blobs and "res5_2_branch2c_w" in blobs and "fc1000_w" in blobs
     path = tmp_path_factory.mktemp("msra") / MSRA_R50
@@ -286,7 +271,7 @@ def test_checksum_mismatch_and_failed_download_leave_nothing_cached(tv_vgg16, se
 
 def test_torchvision_names_are_kept_for_a_model_that_has_them(tmp_path):
     source, target = torchvision.models.resnet18(weights=None), torchvision.models.resnet18(weights=None)
-    _randomize_norms(source)
+    randomize_norms(source).eval()
     published = _published_name(source.state_dict(), tmp_path, "resnet18")
     checkpointer = SafeDetectionCheckpointer(target)
     checkpointer.load(str(published))
@@ -438,7 +423,7 @@ def test_detectron2_r50_c4_checkpoint_gives_detectron2s_boxes_and_scores(tmp_pat
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 160, 224
     torch.manual_seed(0)
-    theirs = _randomize_norms(build_model(cfg))
+    theirs = randomize_norms(build_model(cfg)).eval()
     assert type(theirs.backbone).__module__.startswith("detectron2.")
     weights = tmp_path / "model_final_r50_c4.pkl"
     save_pkl({"model": theirs.state_dict(), "__author__": "Detectron2 Model Zoo"}, weights)

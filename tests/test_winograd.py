@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_norms
 from detectron2.layers import Conv2d
 
 from resnet_backbone import create_model
@@ -110,18 +111,8 @@ def test_choose_variant_follows_the_thresholds():
     assert winograd.choose_variant(1, 1, 1, 64, 64, (0, 0)) is None  # no output
 
 
-def _fold_like(model):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for mod in model.modules():
-            if hasattr(mod, "running_var"):
-                mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.3)
-                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def test_resnet50_deploy_with_winograd_keeps_outputs_and_uses_it():
-    model = _fold_like(create_model("resnet50"))
+    model = randomize_norms(create_model("resnet50")).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         ref = model(x)
@@ -148,7 +139,7 @@ def test_resnet50_deploy_with_winograd_keeps_outputs_and_uses_it():
 
 
 def test_winograd_off_and_missing_kernels_fall_back(monkeypatch, caplog):
-    model = _fold_like(create_model("resnet18"))
+    model = randomize_norms(create_model("resnet18")).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
@@ -196,7 +187,7 @@ def test_winograd_under_torch_compile_keeps_outputs():
     # the C kernels write through raw pointers: conv3x3 runs eagerly inside a compiled model (without that, compiled
     # outputs were wrong by 1e-2 to 1)
     torch._dynamo.reset()
-    model = _fold_like(create_model("resnet18"))
+    model = randomize_norms(create_model("resnet18")).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         ref = model(x)

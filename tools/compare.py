@@ -6,7 +6,6 @@
 Each argument is the OUTPUT_DIR of a tools/train_net.py run (training or --eval-only), e.g. real COCO/VOC runs.
 """
 import argparse
-from pathlib import Path
 
 from resnet_backbone.compare import compare_runs
 

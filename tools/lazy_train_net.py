@@ -26,7 +26,7 @@ from resnet_backbone.checkpoint.frozen import check_frozen_layers_loaded, loaded
 from resnet_backbone.checkpoint.preprocessing import check_preprocessing
 from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
 from resnet_backbone.engine.config_io import check_device
-from resnet_backbone.engine.launch import build_argument_parser, launch_checked
+from resnet_backbone.engine.launch import build_argument_parser, parse_and_launch
 from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view
 from resnet_backbone.engine.trainer import ddp_device_kwargs, write_eval_results
 
@@ -42,8 +42,7 @@ _FROZEN_FIX = ("Fix: set train.init_checkpoint to ImageNet weights (the config's
                "with random frozen layers on purpose.")
 
 
-def build_parser():
-    return build_argument_parser()
+build_parser = build_argument_parser  # every tool's parser goes by this name (tests build it too)
 
 
 def setup(args):
@@ -150,18 +149,13 @@ def worker(args):
         results = do_test(cfg, model)
     else:
         results = do_train(args, cfg)
-    path = write_eval_results(yacs_view(cfg), results, config_file=args.config_file)  # rank 0 only
-    if path:
-        logger.info("evaluation results written to %s", path)
+    write_eval_results(yacs_view(cfg), results, config_file=args.config_file)  # rank 0 only
     return results
 
 
 def main(argv=None):
     """Returns the evaluation results ({dataset: metrics}) when the job is one process."""
-    args = build_parser().parse_args(argv)
-    if not args.config_file:
-        build_parser().error("--config-file (or --config) is required")
-    return launch_checked(worker, args)
+    return parse_and_launch(worker, argv)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@
 
 Evaluation is chosen from the dataset: COCO mAP@[.5:.95] / mAP@.5 (pycocotools) or VOC mAP@.5.
 """
-import logging
-
 
 from detectron2.engine import default_setup
 
@@ -18,14 +16,11 @@ from resnet_backbone.checkpoint.preprocessing import check_preprocessing
 from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
 from resnet_backbone.deploy import apply_deploy_config
 from resnet_backbone.engine.config_io import check_device, load_config
-from resnet_backbone.engine.launch import build_argument_parser, launch_checked
+from resnet_backbone.engine.launch import build_argument_parser, parse_and_launch
 from resnet_backbone.engine.trainer import Trainer, write_eval_results
 
-logger = logging.getLogger("resnet_backbone.train_net")
 
-
-def build_parser():
-    return build_argument_parser()
+build_parser = build_argument_parser  # every tool's parser goes by this name (tests build it too)
 
 
 def setup(args):
@@ -61,17 +56,12 @@ def worker(args):
     """One process of the job (detectron2's launch starts one per GPU / CPU worker)."""
     cfg = setup(args)
     results, _ = run(cfg, args)
-    path = write_eval_results(cfg, results, config_file=args.config_file)  # rank 0 only
-    if path:
-        logger.info("evaluation results written to %s", path)
+    write_eval_results(cfg, results, config_file=args.config_file)  # rank 0 only
     return results
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if not args.config_file:
-        build_parser().error("--config-file (or --config) is required")
-    return launch_checked(worker, args)
+    return parse_and_launch(worker, argv)
 
 
 if __name__ == "__main__":

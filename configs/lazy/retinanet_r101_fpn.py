@@ -3,18 +3,13 @@
 #   python tools/lazy_train_net.py --config configs/lazy/retinanet_r101_fpn.py --num-gpus 8
 from .common.data.coco import multi_scale
 from .common.models.retinanet_r101_fpn import model  # noqa: F401  (the config's `model`)
-from .common.optim import sgd, step_schedule
-from .common.train import train
+from .mask_rcnn_r101_fpn import lr_multiplier, optimizer, train  # noqa: F401  (its 3x schedule)
 
+# as mask_rcnn_r101_fpn.py's, boxes only
 dataloader = multi_scale((640, 672, 704, 736, 768, 800), 800, 1333, images_per_batch=16)
 
-# lr 0.01 (RetinaNet Sec 4.1), 3x schedule: lr / 10 at 210k and 250k of 270k iterations, 1k-iteration warm-up
-optimizer = sgd(0.01, momentum=0.9, weight_decay=0.0001)
-lr_multiplier = step_schedule([210000, 250000], 270000, gamma=0.1, warmup_iters=1000)
+# lr 0.01 (RetinaNet Sec 4.1), the rest of the solver as Mask R-CNN's
+optimizer.lr = 0.01
 
-train.max_iter = 270000
-train.checkpointer.period = 20000
 train.output_dir = "output/coco/retinanet_r101_fpn"
-# ImageNet ResNet-101: the MSRA Caffe model as detectron2 mirrors it (BGR, mean subtraction, stride in the 1x1),
-# read by the safe loader; as the YAML twin's MODEL.WEIGHTS
-train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-101.pkl"
+# train.init_checkpoint: the MSRA ImageNet ResNet-101, as mask_rcnn_r101_fpn.py

@@ -1,12 +1,29 @@
 """The manifest of a generated data set, written last: it records the generator's parameters and files, so that
 generating again with the same parameters does nothing and with other parameters is refused (not mixed)."""
+import dataclasses
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Tuple
 
 from ..utils.atomic import atomic_write_text
 
-__all__ = ["manifest_matches", "write_manifest"]
+__all__ = ["GeneratedClassificationSet", "manifest_matches", "write_manifest"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedClassificationSet:
+    """Where a generated classification set lies and what it holds. Read it with ImageNetFolder(root, split)
+    (layout "imagenet") or CIFAR10Dataset(root, split) (layout "cifar", where the generator's split "val" is
+    CIFAR's "test")."""
+
+    root: Path
+    layout: str
+    classes: Tuple[str, ...]
+    num_train: int
+    num_val: int
+    image_size: int
+    manifest: Path
+    created: bool  # False when a complete set with the same parameters was found
 
 
 def manifest_matches(path: Path, params: dict, what: str) -> bool:

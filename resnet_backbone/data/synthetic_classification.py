@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..modeling.options import check_choice, check_int
 from ..utils.atomic import atomic_write
-from .manifest import manifest_matches, write_manifest
+from .manifest import GeneratedClassificationSet, manifest_matches, write_manifest
 
 __all__ = [
     "SHAPES",
@@ -120,21 +120,6 @@ def _split_images(split: str, num_classes: int, per_class: int, size: int, seed:
         for i in range(per_class):
             rng = np.random.default_rng([seed, _SPLIT_CODE[split], k, i])
             yield k, i, render_image(k, size, rng)
-
-
-@dataclasses.dataclass(frozen=True)
-class GeneratedClassificationSet:
-    """Where a generated set lies and what it holds. Read it with ImageNetFolder(root, split) (layout "imagenet")
-    or CIFAR10Dataset(root, split) (layout "cifar", where split "val" of the generator is CIFAR's "test")."""
-
-    root: Path
-    layout: str
-    classes: tuple[str, ...]
-    num_train: int
-    num_val: int
-    image_size: int
-    manifest: Path
-    created: bool  # False when an existing set with the same parameters was found
 
 
 def _write_file(path: Path, write: Callable) -> None:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..modeling.options import check_int
 from ..utils.atomic import atomic_write_bytes
-from .manifest import manifest_matches, write_manifest
+from .manifest import GeneratedClassificationSet, manifest_matches, write_manifest
 from .synthetic_detection import (
     BACKGROUNDS,
     COLOUR_JITTER,
@@ -40,7 +40,7 @@ from .synthetic_detection import (
     polygon_to_mask,
 )
 
-__all__ = ["COLOUR_FAMILIES", "NUM_CLASSES", "MANIFEST_NAME", "GeneratedShapeClasses", "shape_class_names",
+__all__ = ["COLOUR_FAMILIES", "NUM_CLASSES", "MANIFEST_NAME", "shape_class_names",
            "render_shape_image", "generate_shape_classes"]
 
 GENERATOR_VERSION = 1  # bump when the drawing changes, so old manifests no longer match
@@ -95,19 +95,6 @@ def render_shape_image(class_index: int, size: int, rng: np.random.RandomState) 
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-@dataclasses.dataclass(frozen=True)
-class GeneratedShapeClasses:
-    """Where the set lies and what it holds (read it with ImageNetFolder(root, split))."""
-
-    root: Path
-    classes: Tuple[str, ...]
-    num_train: int
-    num_val: int
-    image_size: int
-    manifest: Path
-    created: bool  # False when a complete set with the same parameters was found
-
-
 def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -115,7 +102,7 @@ def _png(pixels: np.ndarray) -> bytes:
 
 
 def generate_shape_classes(root, num_classes: int = NUM_CLASSES, train_per_class: int = 50, val_per_class: int = 10,
-                           image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0) -> GeneratedShapeClasses:
+                           image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0) -> GeneratedClassificationSet:
     """Write the set under ``root`` (idempotent); ``num_classes`` takes the first K of the 16 classes."""
     names = shape_class_names(num_classes)
     check_int("image_size", image_size, MIN_IMAGE_SIZE)
@@ -126,8 +113,8 @@ def generate_shape_classes(root, num_classes: int = NUM_CLASSES, train_per_class
     manifest_path = root / MANIFEST_NAME
     params = {"generator_version": GENERATOR_VERSION, "num_classes": num_classes, "train_per_class": train_per_class,
               "val_per_class": val_per_class, "image_size": image_size, "seed": seed}
-    result = GeneratedShapeClasses(root, tuple(names), num_classes * train_per_class, num_classes * val_per_class,
-                                   image_size, manifest_path, created=True)
+    result = GeneratedClassificationSet(root, "imagenet", tuple(names), num_classes * train_per_class,
+                                        num_classes * val_per_class, image_size, manifest_path, created=True)
     if manifest_matches(manifest_path, params, "shapes"):
         return dataclasses.replace(result, created=False)
     files = []

@@ -1,7 +1,5 @@
 """The deploy path's on-disk cache folder and the identity of the CPU whose builds / measurements it holds."""
-import os
 import platform
-from pathlib import Path
 
 from ..utils.cache import cache_dir  # noqa: F401  (kernels.py and winograd.py take it from here)
 

@@ -47,6 +47,15 @@ def launch_checked(main_func, args):
                          f"stopped. Checkpoints already written are intact: continue with --resume.") from None
 
 
+def parse_and_launch(worker, argv=None):
+    """The training tools' main: train_net's arguments (a config file required), then `worker(args)` launched."""
+    parser = build_argument_parser()
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error("--config-file (or --config) is required")
+    return launch_checked(worker, args)
+
+
 def build_argument_parser():
     """detectron2's train_net arguments (--config-file, --num-gpus, --resume, ... KEY VALUE) plus --config."""
     parser = default_argument_parser()

@@ -132,7 +132,8 @@ def backbone_label(cfg) -> str:
 
 
 def write_eval_results(cfg, results, config_file="", path=None):
-    """Save evaluation results as JSON beside the run (read by tools/compare.py); returns the path (rank 0)."""
+    """Save evaluation results as JSON beside the run (read by tools/compare.py) and log where; returns the path
+    (rank 0; None elsewhere or without results)."""
     if not comm.is_main_process() or not results:
         return None
     datasets = list(cfg.DATASETS.TEST)
@@ -148,6 +149,7 @@ def write_eval_results(cfg, results, config_file="", path=None):
     path = path or os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, json.dumps(payload, indent=2))
+    logger.info("evaluation results written to %s", path)
     return path
 
 

@@ -14,6 +14,15 @@ from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 PIXEL_MEAN = [103.530, 116.280, 123.675]
 PIXEL_STD = [1.0, 1.0, 1.0]
 
+# positive IoU >= 0.7, negative < 0.3; 256 anchors per image, up to half positive (Faster R-CNN Sec 3.1.3; the FPN
+# detectors keep it)
+rpn_sampling = dict(
+    anchor_matcher=L(Matcher)(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
+    box2box_transform=L(Box2BoxTransform)(weights=(1.0, 1.0, 1.0, 1.0)),
+    batch_size_per_image=256,
+    positive_fraction=0.5,
+)
+
 proposal_generator = L(RPN)(
     in_features=["res4"],
     head=L(StandardRPNHead)(in_channels=1024, num_anchors=9),
@@ -21,11 +30,7 @@ proposal_generator = L(RPN)(
     anchor_generator=L(DefaultAnchorGenerator)(
         sizes=[[128, 256, 512]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[16], offset=0.0
     ),
-    # positive IoU >= 0.7, negative < 0.3; 256 anchors per image, up to half positive (Faster R-CNN Sec 3.1.3)
-    anchor_matcher=L(Matcher)(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
-    box2box_transform=L(Box2BoxTransform)(weights=(1.0, 1.0, 1.0, 1.0)),
-    batch_size_per_image=256,
-    positive_fraction=0.5,
+    **rpn_sampling,
     # 12000 / 6000 boxes before NMS as in py-faster-rcnn's config; 2000 proposals to train, 300 to test (paper)
     pre_nms_topk=(12000, 6000),
     post_nms_topk=(2000, 300),

@@ -7,30 +7,13 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch import GeneralizedRCNN
 
 from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, res5_head_stage
-from resnet_backbone.deploy.layout import channels_last_helps
-from resnet_backbone.modeling.resnet import ResNet, stage_out_channels
+from resnet_backbone.modeling.resnet import stage_out_channels
 
 from .frcnn_paper import PIXEL_MEAN, PIXEL_STD, box_predictor, pooler, proposal_generator, roi_sampling
+from .resnet import msra_resnet101
 
 model = L(GeneralizedRCNN)(
-    backbone=L(ResNet)(
-        depth=101,
-        variant="imagenet",
-        shortcut="B",
-        # "BN statistics frozen during fine-tuning" (paper Appendix A): affine BN with fixed statistics
-        norm="FrozenBN",
-        # stride in the first 1x1 of a bottleneck, as the paper's MSRA models
-        stride_in_1x1=True,
-        num_groups=1,
-        width_per_group=64,
-        drop_path_rate=0.0,
-        zero_init_last=False,
-        out_features=["res4"],
-        # stem and res2 fixed, as Detectron's ResNet C4 baselines (the paper says only that BN is frozen)
-        freeze_at=2,
-        # channels-last on CPUs (oneDNN trains it faster), as MODEL.RB_RESNET.CHANNELS_LAST "auto"
-        channels_last=L(channels_last_helps)(device="${train.device}"),
-    ),
+    backbone=msra_resnet101(out_features=["res4"]),
     proposal_generator=proposal_generator,
     roi_heads=L(RBRes5ROIHeads)(
         **roi_sampling,

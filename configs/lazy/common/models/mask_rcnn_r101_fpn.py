@@ -17,25 +17,14 @@ from detectron2.modeling.roi_heads import (
     StandardROIHeads,
 )
 
-from resnet_backbone.deploy.layout import channels_last_helps
-from resnet_backbone.modeling.resnet import ResNet
-
-from .frcnn_paper import PIXEL_MEAN, PIXEL_STD
+from .frcnn_paper import PIXEL_MEAN, PIXEL_STD, rpn_sampling
+from .resnet import msra_resnet101
 
 FPN_SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
 model = L(GeneralizedRCNN)(
     backbone=L(FPN)(
-        bottom_up=L(ResNet)(
-            depth=101,
-            variant="imagenet",
-            shortcut="B",
-            norm="FrozenBN",
-            stride_in_1x1=True,
-            out_features=["res2", "res3", "res4", "res5"],
-            freeze_at=2,
-            channels_last=L(channels_last_helps)(device="${train.device}"),
-        ),
+        bottom_up=msra_resnet101(out_features=["res2", "res3", "res4", "res5"]),
         in_features="${.bottom_up.out_features}",
         out_channels=256,
         # P6 by max pooling P5 (FPN Sec 4.1)
@@ -49,10 +38,7 @@ model = L(GeneralizedRCNN)(
             sizes=[[32], [64], [128], [256], [512]], aspect_ratios=[[0.5, 1.0, 2.0]], strides=[4, 8, 16, 32, 64],
             offset=0.0,
         ),
-        anchor_matcher=L(Matcher)(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
-        box2box_transform=L(Box2BoxTransform)(weights=(1.0, 1.0, 1.0, 1.0)),
-        batch_size_per_image=256,
-        positive_fraction=0.5,
+        **rpn_sampling,
         # per level before NMS, in total after it (detectron2's FPN setup)
         pre_nms_topk=(2000, 1000),
         post_nms_topk=(1000, 1000),

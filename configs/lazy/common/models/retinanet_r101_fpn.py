@@ -10,23 +10,14 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 
-from resnet_backbone.deploy.layout import channels_last_helps
-from resnet_backbone.modeling.resnet import ResNet, stage_out_channels
+from resnet_backbone.modeling.resnet import stage_out_channels
 
 from .frcnn_paper import PIXEL_MEAN, PIXEL_STD
+from .resnet import msra_resnet101
 
 model = L(RetinaNet)(
     backbone=L(FPN)(
-        bottom_up=L(ResNet)(
-            depth=101,
-            variant="imagenet",
-            shortcut="B",
-            norm="FrozenBN",
-            stride_in_1x1=True,
-            out_features=["res3", "res4", "res5"],
-            freeze_at=2,
-            channels_last=L(channels_last_helps)(device="${train.device}"),
-        ),
+        bottom_up=msra_resnet101(out_features=["res3", "res4", "res5"]),
         in_features="${.bottom_up.out_features}",
         out_channels=256,
         # P3-P5 from C3-C5; P6 and P7 are strided convs on C5 (RetinaNet Sec 4)
