@@ -132,11 +132,18 @@ def _environment(args, device, torch):
             "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "detectron2": detectron2.__version__,
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "detectron2": detectron2.__version__ + _detectron2_build(),
             "mkldnn": torch.backends.mkldnn.is_available(),
             "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "matmul_size": args.matmul_size, "matmul_peak_gflops": matmul_peak_gflops(device, size=args.matmul_size),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _detectron2_build() -> str:
+    """main and the v0.6 fallback both call themselves 0.6: the compiled ops tell them apart."""
+    from resnet_backbone.engine.trainer import has_fast_coco_eval
+
+    return " (compiled ops)" if has_fast_coco_eval() else " (no compiled ops: the v0.6 fallback)"
 
 
 def _measure(args, device, torch, log) -> dict:
