@@ -3,12 +3,13 @@
 A run directory is what tools/train_net.py leaves in OUTPUT_DIR: `eval_results.json` (written by the plugin's
 Trainer) and detectron2's `metrics.json` (one JSON object per line; training losses by iteration).
 """
+import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .engine.pretrain.metrics import read_metrics, read_run_json
+from .engine.pretrain.metrics import read_metrics
 from .paper_tables import DETECTION_TABLE
 from .utils.figures import new_figure, save_figure
 
@@ -21,6 +22,15 @@ class Run:
     label: str  # "ResNet-101", "VGG-16", ...
     results: Dict[str, dict]  # dataset -> {"format": "coco"|"pascal_voc", "bbox": {"AP": .., "AP50": ..}}
     losses: List[tuple] = field(default_factory=list)  # (iteration, total_loss)
+
+
+def read_run_json(run_dir: str, filename: str, tool: str):
+    """A results file that a finished `tool` run wrote in its OUTPUT_DIR; a missing one names the folder and tool."""
+    path = os.path.join(run_dir, filename)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: is {run_dir!r} the OUTPUT_DIR of a finished {tool} run?")
+    with open(path) as f:
+        return json.load(f)
 
 
 def load_run(path: str) -> Run:

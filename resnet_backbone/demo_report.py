@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from .compare import load_run
-from .engine.pretrain.metrics import read_metrics, read_run_json
+from .compare import load_run, read_run_json
+from .engine.pretrain.metrics import read_metrics
 from .paper_tables import DETECTION_TABLE
 from .utils.figures import new_figure, save_figure
 

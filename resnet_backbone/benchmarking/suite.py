@@ -205,14 +205,14 @@ def _inference_call(model, *args):
     return call
 
 
-def _training_contenders(models, macs, reference, settings, *, noise_floor):
+def _training_contenders(models, macs, reference, *, noise_floor, amp):
     """The models timed in training, in train mode: each contender, a fresh copy of the reference (the noise floor)
-    and mixed-precision twins of the plugin and detectron2 with --amp; `macs` gets their entries."""
+    and with `amp` mixed-precision twins of the plugin and detectron2; `macs` gets their entries."""
     train_models = dict(models)
     if noise_floor:
         train_models[NOISE_FLOOR] = copy.deepcopy(models[reference])
         macs[NOISE_FLOOR] = macs[reference]
-    if settings.amp:
+    if amp:
         for name in [n for n in ("plugin", "detectron2") if n in models]:
             train_models[f"{name}-amp"] = copy.deepcopy(models[name])
             macs[f"{name}-amp"] = macs[name]
@@ -233,7 +233,8 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
     x = torch.randn(batch, 3, size, size, device=device)
     macs = {k: multiply_adds(m, x[:1]) for k, m in models.items()}
 
-    train_models = _training_contenders(models, macs, "detectron2", settings, noise_floor=settings.noise_floor)
+    train_models = _training_contenders(models, macs, "detectron2", noise_floor=settings.noise_floor,
+                                        amp=settings.amp)
     train = _timed_group({k: _backbone_train_step(m, x, amp=_amp_name(k)) for k, m in train_models.items()},
                          "detectron2", settings, repeats=settings.repeats, macs=macs, images=batch,
                          passes=TRAIN_PASSES)
@@ -329,8 +330,8 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
     for m in models.values():
         m.eval()
     macs = {k: detector_multiply_adds(m, inputs) for k, m in models.items()}
-    train_models = _training_contenders(models, macs, reference, settings,
-                                        noise_floor=settings.noise_floor and kind == "c4")
+    train_models = _training_contenders(models, macs, reference, noise_floor=settings.noise_floor and kind == "c4",
+                                        amp=settings.amp)
     train = _timed_group({k: _detector_train_step(m, inputs, _sgd(m), amp=_amp_name(k), device=device)
                           for k, m in train_models.items()},
                          reference, settings, repeats=settings.repeats, macs=macs, images=images,

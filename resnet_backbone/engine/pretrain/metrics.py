@@ -19,8 +19,7 @@ from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWrite
 
 from ...utils.atomic import atomic_write_text
 
-__all__ = ["METRICS_FILE", "evaluation_scalars", "read_metrics", "read_run_json", "training_writers",
-           "write_scalars"]
+__all__ = ["METRICS_FILE", "evaluation_scalars", "read_metrics", "training_writers", "write_scalars"]
 
 METRICS_FILE = "metrics.json"  # detectron2's name, so the same tools read both stages' logs
 
@@ -43,15 +42,6 @@ def read_metrics(path: str) -> list:
             except json.JSONDecodeError:
                 continue
     return records
-
-
-def read_run_json(run_dir: str, filename: str, tool: str):
-    """A results file that a finished `tool` run wrote in its OUTPUT_DIR; a missing one names the folder and tool."""
-    path = os.path.join(run_dir, filename)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {run_dir!r} the OUTPUT_DIR of a finished {tool} run?")
-    with open(path) as f:
-        return json.load(f)
 
 
 def _tensorboard_writer(output_dir: str, window: int, purge_step: int | None):
