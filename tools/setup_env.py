@@ -3,7 +3,8 @@
 
 Steps (each logged; a failure names the step and what to do):
   1. torch + torchvision   (torch==2.14.1 / torchvision==0.29.1 when torch is missing; see README)
-  2. detectron2            (keep an installed one; else, with --detectron2-source / RB_DETECTRON2_SOURCE, a
+  2. detectron2            (setuptools<81 first, as detectron2.model_zoo imports pkg_resources; keep an
+                            installed one; else, with --detectron2-source / RB_DETECTRON2_SOURCE, a
                             local source archive or folder (checksum checked against a SHA256SUMS beside it),
                             built once with its compiled ops into a cached wheel, replacing an installed
                             detectron2 built from another source; else the official source install; else the
@@ -40,10 +41,12 @@ TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 D2_GIT = "git+https://github.com/facebookresearch/detectron2.git"
 D2_SDIST = "pb1-detectron2==0.6"
 D2_SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-# detectron2 v0.6 uses np.int/np.bool (removed in numpy 1.24), Image.LINEAR (removed in Pillow 10) and
-# pkg_resources (removed in setuptools 81); torch wants setuptools>=77.0.3.
+# detectron2's model_zoo (main and v0.6) imports pkg_resources, which setuptools 81 removed; torch 2.14 requires
+# setuptools>=77.0.3. If a future detectron2 drops pkg_resources, the pin goes.
+SETUPTOOLS_PIN = "setuptools>=77.0.3,<81"
+# detectron2 v0.6 also uses np.int/np.bool (removed in numpy 1.24) and Image.LINEAR (removed in Pillow 10).
 # OpenCV 4.9 and newer are built against numpy 2.
-V06_PINS = ["numpy<1.24", "Pillow<10", "setuptools>=77.0.3,<81", "opencv-python-headless<4.9"]
+V06_PINS = ["numpy<1.24", "Pillow<10", SETUPTOOLS_PIN, "opencv-python-headless<4.9"]
 # The v0.6 sdist on PyPI omits detectron2/layers/csrc: an extension with no ops, so that `from detectron2 import _C`
 # succeeds; it keeps the two version queries detectron2's collect_env_info (run by default_setup) calls.
 EMPTY_EXT = """// Written by resnet_backbone's tools/setup_env.py: detectron2 v0.6 built without its compiled ops.
@@ -142,8 +145,19 @@ def detectron2_is_v06():
 
 
 def detectron2_ready():
-    # engine imports evaluation, which imports detectron2._C; default_setup runs collect_env_info
-    return importable("detectron2.engine; from detectron2.utils.collect_env import collect_env_info as c; c()")
+    # engine imports evaluation, which imports detectron2._C; default_setup runs collect_env_info; model_zoo
+    # (get_config, how detectron2's tutorials and tests start) needs pkg_resources
+    return importable("detectron2.engine, detectron2.model_zoo; "
+                      "from detectron2.utils.collect_env import collect_env_info as c; c()")
+
+
+def pin_setuptools(_workdir):
+    """A detectron2 that imports except for `pkg_resources` (setuptools >= 81, e.g. pulled in by torch): pin it."""
+    ok, err = importable("pkg_resources")
+    if ok:
+        return
+    log(f"detectron2.model_zoo needs pkg_resources ({err}): installing {SETUPTOOLS_PIN}")
+    pip(SETUPTOOLS_PIN)
 
 
 def build_v06(workdir, rebuild=False):
@@ -288,6 +302,7 @@ def install_local_source(src: Path, workdir):
 
 
 def step_detectron2(workdir, source=None):
+    pin_setuptools(workdir)
     if source:
         install_local_source(Path(source).expanduser().resolve(), workdir)
         return
