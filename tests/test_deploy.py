@@ -283,3 +283,24 @@ def test_benchmark_tool_quick_all_sections(tmp_path):
     c4 = results["sections"]["c4_r101"]
     assert set(c4["train"]["contenders"]) == {"plugin", "detectron2", "reference-copy"}
     assert c4["inference"]["contenders"]["plugin-deploy"]["multiply_adds_per_image"] > 0
+
+
+def test_a_benchmark_section_is_one_entry(tmp_path, monkeypatch):
+    """A section registered in benchmarking/sections.py alone gets its option, its --quick setting, its timed group
+    in the table and its own lines, with nothing else changed."""
+    from resnet_backbone.benchmarking import sections
+    from resnet_backbone.benchmarking.suite import timed_group
+
+    def run(args, settings, log):
+        calls = {"slow": lambda: sum(range(args.toy_n * 4)), "fast": lambda: sum(range(args.toy_n))}
+        return {"toy": {"inference": timed_group(calls, "slow", settings, macs={}, images=1)}}
+
+    toy = sections.Section("toy", "a toy section", run, rows=lambda key, r: [f"toy lines of {key}"],
+                           add_arguments=lambda p: p.add_argument("--toy-n", type=int, default=10**6),
+                           quick=dict(toy_n=1000))
+    monkeypatch.setitem(sections.SECTIONS, "toy", toy)
+    out, results = _run_benchmark(tmp_path, "--sections", "toy", "--no-plot")
+    assert results["arguments"]["toy_n"] == 1000 and results["sections"]["toy"]["section"] == "toy"
+    assert set(results["sections"]["toy"]["inference"]["contenders"]) == {"slow", "fast"}
+    table = (out / "benchmark.txt").read_text()
+    assert "\ntoy             inference fast " in table and "\ntoy lines of toy\n" in table

@@ -5,6 +5,7 @@ import os
 from typing import Iterator, List, Tuple
 
 from ..utils.atomic import atomic_write_text
+from .sections import section_of
 from ..utils.figures import new_figure, save_figure
 
 __all__ = ["groups", "format_table", "check_targets", "check_deploy", "machine_lines", "write_json",
@@ -56,8 +57,8 @@ def machine_lines(env: dict) -> List[str]:
 
 def format_table(results: dict) -> str:
     """The machine, then one line per contender: median time, ratio and speedup vs the group's reference, speedup
-    vs the plugin without deploy, images/s, MACs, GFLOP/s, peak memory and its ratio; then the matmul peak, the
-    outputs' differences, the kernels chosen per layer type, the deploy check, the input pipeline and the
+    vs the plugin without deploy, images/s, MACs, GFLOP/s, peak memory and its ratio; then the matmul peak, each
+    section's own lines (sections.py: differences, kernels chosen, input pipeline ...), the deploy check and the
     targets."""
     header = (f"{'section':<15} {'phase':<9} {'contender':<30} {'median s':>9} {'spread':>7} {'ratio':>6} "
               f"{'speedup':>7} {'vs plugin':>9} {'img/s':>7} {'GMAC/img':>8} {'GFLOP/s':>8} {'peak MiB':>9} "
@@ -83,55 +84,14 @@ def format_table(results: dict) -> str:
     if env.get("matmul_peak_gflops"):
         lines.append(f"matmul peak (torch.mm float32 {env.get('matmul_size')}^3): {env['matmul_peak_gflops']:.1f} "
                      f"GFLOP/s on {env.get('device')} with {env.get('threads')} thread(s)")
-    for section, value in results.get("sections", {}).items():
-        if not isinstance(value, dict):
-            continue
-        diffs = value.get("max_rel_diff_vs_detectron2")
-        if diffs:
-            lines.append(f"outputs vs detectron2 (float32), max relative difference, {section}: "
-                         + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
-        lines.extend(_kernel_lines(section, value.get("kernel_choice")))
-        state = value.get("deploy_state")
-        if state and state.get("derived_weight_bytes"):
-            params, derived = state["parameter_bytes"], state["derived_weight_bytes"]
-            lines.append(f"deploy state {section}: {state['winograd_layers']} of {state['winograd_eligible_layers']} "
-                         f"eligible 3x3 layers run Winograd; derived weights (Winograd transforms, copies in another "
-                         f"memory format) {derived / 2**20:.0f} MiB (+{derived / params:.0%} of the "
-                         f"{params / 2**20:.0f} MiB of parameters), scratch {state['workspace_bytes'] / 2**20:.0f} "
-                         f"MiB; both persist between calls, so the per-call peak memory above leaves them out")
+    for key, value in results.get("sections", {}).items():
+        section = section_of(key, value)
+        if section is not None:
+            lines.extend(section.rows(key, value))
     lines.extend(check_deploy(results))
-    pipe = results.get("sections", {}).get("pipeline")
-    if pipe:
-        lp = pipe["loader"]
-        lines.append(f"input pipeline: {lp['images_per_s']:.1f} images/s with {lp['num_workers']} worker(s) "
-                     f"({lp['images_per_s_per_worker']:.1f} per worker, {lp['image_size']}px PNG -> "
-                     f"scale {tuple(lp['scale'])} crop {lp['crop_size']}); {pipe['model']} trains on "
-                     f"{pipe['model_images_per_s']:.1f} images/s -> {pipe['workers_needed_to_keep_up']:.2f} "
-                     f"worker(s) keep up")
-    demo = results.get("sections", {}).get("demo")
-    if demo:
-        parts = []
-        for name, c in demo["contenders"].items():
-            spi = c.get("seconds_per_iteration")
-            parts.append(f"{name} {spi:.3f} s/iter, AP50 {c.get('AP50')}" if c["ok"] and spi else f"{name} FAILED")
-        ratio = demo.get("time_ratio_plugin_over_detectron2")
-        lines.append(f"demo detector ({demo['iterations']} iterations on {demo['device']}, first "
-                     f"{demo['warmup_iterations']} not timed): " + "; ".join(parts)
-                     + (f"; time plugin / detectron2 = {ratio:.3f}" if ratio else ""))
     for line in check_targets(results):
         lines.append(line)
     return "\n".join(lines)
-
-
-def _kernel_lines(section: str, report) -> List[str]:
-    """The kernels plugin-deploy chose per layer type, and what choosing them cost."""
-    if not report or "plugin-deploy" not in report.get("chosen", {}):
-        return []
-    lines = [f"kernels chosen by plugin-deploy, {section} ({report['measured']} layer shapes measured in "
-             f"{report['seconds']:.1f} s, {report['cached']} from the cache), per layer type:"]
-    for kind, counts in report["chosen"]["plugin-deploy"].items():
-        lines.append(f"  {kind:<32} " + ", ".join(f"{k} x{n}" for k, n in sorted(counts.items(), key=lambda i: -i[1])))
-    return lines
 
 
 def check_deploy(results: dict) -> List[str]:

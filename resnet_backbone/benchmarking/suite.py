@@ -27,7 +27,8 @@ from .memory import peak_memory_bytes
 from .pipeline import input_pipeline_throughput
 from .timing import interleaved_timings, ratios
 
-__all__ = ["Settings", "run_backbone_section", "run_detector_section", "run_pipeline_section", "deployed"]
+__all__ = ["Settings", "run_backbone_section", "run_detector_section", "run_pipeline_section", "deployed",
+           "timed_group"]
 
 # a training step does a forward and a backward pass; backward ~ 2 x forward (input and weight gradients)
 TRAIN_PASSES = 3.0
@@ -167,9 +168,11 @@ def _peak_memory(calls: Dict[str, Callable[[], object]], device: torch.device, r
     return {n: (None if None in v else int(statistics.median(v))) for n, v in seen.items()}
 
 
-def _timed_group(calls: Dict[str, Callable[[], object]], reference: str, settings: Settings, *, repeats: int,
-                 macs: Dict[str, int], images: int, passes: float) -> dict:
-    timings = interleaved_timings(calls, repeats=repeats, warmup=settings.warmup, device=settings.device)
+def timed_group(calls: Dict[str, Callable[[], object]], reference: str, settings: Settings, *,
+                macs: Dict[str, int], images: int, passes: float = 1.0) -> dict:
+    """A timed group of a section (what output.py tables): the calls interleaved, their peak memory and work, the
+    ratios to `reference`; macs: multiply-adds per image of the contenders that have them."""
+    timings = interleaved_timings(calls, repeats=settings.repeats, warmup=settings.warmup, device=settings.device)
     memory = _peak_memory(calls, settings.device, settings.memory_rounds)
     return _summary(timings, reference, macs=macs, images=images, passes=passes, memory=memory)
 
@@ -235,8 +238,8 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
 
     train_models = _training_contenders(models, macs, "detectron2", noise_floor=settings.noise_floor,
                                         amp=settings.amp)
-    train = _timed_group({k: _backbone_train_step(m, x, amp=_amp_name(k)) for k, m in train_models.items()},
-                         "detectron2", settings, repeats=settings.repeats, macs=macs, images=batch,
+    train = timed_group({k: _backbone_train_step(m, x, amp=_amp_name(k)) for k, m in train_models.items()},
+                         "detectron2", settings, macs=macs, images=batch,
                          passes=TRAIN_PASSES)
 
     # the same deploy path applied to detectron2's own backbone too: what the folding / layout alone is worth
@@ -247,8 +250,8 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
         ref = models["detectron2"](x)
         check = {name: _max_rel_diff(infer_models[name](x), ref) for name in infer_models if name != "torchvision"}
     kernel_choice = kernel_report(infer_models, before)
-    infer = _timed_group({k: _inference_call(m, x) for k, m in infer_models.items()}, "detectron2", settings,
-                         repeats=settings.repeats, macs=macs, images=batch, passes=1.0)
+    infer = timed_group({k: _inference_call(m, x) for k, m in infer_models.items()}, "detectron2", settings,
+                         macs=macs, images=batch, passes=1.0)
     return {"depth": depth, "norm": norm, "freeze_at": freeze_at, "batch": batch, "size": size,
             "max_rel_diff_vs_detectron2": check, "train": train, "inference": infer,
             "deploy_state": deploy_state(infer_models["plugin-deploy"]), "kernel_choice": kernel_choice}
@@ -332,9 +335,9 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
     macs = {k: detector_multiply_adds(m, inputs) for k, m in models.items()}
     train_models = _training_contenders(models, macs, reference, noise_floor=settings.noise_floor and kind == "c4",
                                         amp=settings.amp)
-    train = _timed_group({k: _detector_train_step(m, inputs, _sgd(m), amp=_amp_name(k), device=device)
+    train = timed_group({k: _detector_train_step(m, inputs, _sgd(m), amp=_amp_name(k), device=device)
                           for k, m in train_models.items()},
-                         reference, settings, repeats=settings.repeats, macs=macs, images=images,
+                         reference, settings, macs=macs, images=images,
                          passes=TRAIN_PASSES)
 
     infer_base = {k: m for k, m in models.items() if k != "plugin-channels-last"}  # deploy has its own variant
@@ -343,8 +346,8 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
     with torch.no_grad():  # also the first call of each deploy contender: where the kernel choice is measured
         counts = {name: _detection_counts(m(inputs)) for name, m in infer_models.items()}
     kernel_choice = kernel_report(infer_models, before)
-    infer = _timed_group({k: _inference_call(m, inputs) for k, m in infer_models.items()}, reference, settings,
-                         repeats=settings.repeats, macs=macs, images=images, passes=1.0)
+    infer = timed_group({k: _inference_call(m, inputs) for k, m in infer_models.items()}, reference, settings,
+                         macs=macs, images=images, passes=1.0)
     return {"kind": kind, "config": config_file, "images": images, "height": height, "width": width,
             "detections_per_image": counts, "train": train, "inference": infer,
             "deploy_state": deploy_state(infer_models["plugin-deploy"]), "kernel_choice": kernel_choice}
