@@ -29,5 +29,8 @@ setup(
         "opencv-python-headless",
     ],
     # requirements/test-constraints.txt pins the versions the suite was run with (applied by tools/setup_env.py)
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"], "onnx": ["onnx>=1.14", "onnxruntime>=1.16"]},
+    # deploy: the runtimes tools/export_model.py writes for and tools/benchmark.py compares with (OpenVINO pinned to
+    # the version the speed table and the export tests ran with)
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"], "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+                    "deploy": ["onnx>=1.14", "onnxruntime>=1.16", "openvino==2026.4.1"]},
 )

@@ -1,9 +1,11 @@
 """TorchScript / ONNX / torch.export: the plugin's backbones script and trace (as detectron2's own do), and the
 paper's two detectors (ResNet C4, VGG-16) exported by tools/export_model.py give the eager model's detections on
-the same image. The eager model is the reference throughout; ONNX files are run by onnxruntime."""
+the same image. The eager model is the reference throughout; ONNX files are run by onnxruntime, OpenVINO IR by
+OpenVINO; both take other input sizes, and every export folder's load_and_run.py runs in a fresh process."""
 import io
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from resnet_backbone.d2.roi_heads import RBVGG16FCHead, res5_head_stage
 from resnet_backbone.d2.weights import detector_layout, map_classifier_to_detector
 from resnet_backbone.deploy import prepare_for_inference
 from resnet_backbone.engine.config_io import load_config
+from resnet_backbone.engine import runtimes
 from resnet_backbone.engine.detector_export import check_exportable_model, compare_outputs
 from resnet_backbone.modeling import VGG, ResNet
 
@@ -181,12 +184,17 @@ def eager_detections(name, weights, image):
         return model.inference([{"image": image}], do_postprocess=False)[0]
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def needs_runtime(fmt):
+    """Skip, naming what is missing, when the runtime of `fmt` is not installed (CI installs them: .[deploy])."""
+    runtime = {"onnx": "onnxruntime", "openvino": "openvino"}.get(fmt)
+    if runtime and runtimes.missing(runtime):
+        pytest.skip(f"--format {fmt}: {runtimes.missing(runtime)}")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "openvino"])
 @pytest.mark.parametrize("name", ["frcnn_r101", pytest.param("frcnn_vgg16", marks=pytest.mark.slow)])  # VGG: ~15 s
 def test_detector_exports_and_matches_eager(name, fmt, tmp_path, datasets_root, weights, one_thread):
-    if fmt == "onnx":
-        pytest.importorskip("onnx", reason="the onnx package is not installed (pip install -e .[onnx])")
-        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[onnx])")
+    needs_runtime(fmt)
     result = run_export(name, fmt, tmp_path, weights)
     assert result.exported == "detector" and Path(result.path).is_file()
     assert result.detections > 0
@@ -206,6 +214,42 @@ def test_detector_exports_and_matches_eager(name, fmt, tmp_path, datasets_root, 
         ts = torch.jit.load(result.path)
         flat = ts(image)
         assert len(flat) == len(result.outputs) + 1  # boxes, classes, scores + the image size
+    if fmt == "openvino":
+        assert Path(result.path).with_suffix(".bin").is_file()
+    # ONNX and OpenVINO take any input size: checked by the tool on the sample cropped to 3/4, and here on a
+    # size of our own against the eager model
+    if fmt in ("onnx", "openvino"):
+        assert report["other_size"]["dynamic"] is True and report["other_size"]["max_abs_diff"] <= 1e-3
+        other = torch.nn.functional.pad(image, (0, 17, 0, 9), value=114.0)
+        reference = eager_detections(name, weights, other)
+        session = (runtimes.onnxruntime_session(result.path) if fmt == "onnx"
+                   else runtimes.openvino_compiled(result.path, "f32"))
+        boxes, classes, scores, size = runtimes.run_session(session, [other])
+        assert size.tolist() == list(other.shape[1:]) and len(scores) == len(reference) > 0
+        torch.testing.assert_close(scores.sort().values, reference.scores.sort().values, rtol=0, atol=1e-4)
+    else:
+        assert "dynamic" in report["other_size"] and report["other_size"]["note"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "openvino", "torch.export"])
+def test_export_folder_says_how_to_load_and_run_it(fmt, tmp_path, datasets_root, weights, one_thread):
+    """load_and_run.py beside the export runs in a fresh process where detectron2 and resnet_backbone cannot be
+    imported, and prints the outputs the tool checked."""
+    needs_runtime(fmt)
+    result = run_export("frcnn_r101", fmt, tmp_path, weights)
+    script = Path(result.load_script)
+    assert script.parent == tmp_path and (tmp_path / "sample.npy").is_file()
+    blocked = ("import runpy, sys\nfor name in ('detectron2', 'resnet_backbone'):\n    sys.modules[name] = None\n"
+               f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", blocked], cwd=str(REPO.parent), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    if fmt == "torch.export":
+        assert printed == {name: str(shape) for name, shape, _ in result.outputs}
+    else:
+        assert printed["instances.scores"] == f"[{result.detections}]" and result.detections > 0
+        assert printed["instances.pred_boxes"] == f"[{result.detections}, 4]"
 
 
 def test_lazy_config_exports_the_same_detector(tmp_path, datasets_root, weights, one_thread):

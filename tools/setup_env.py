@@ -340,7 +340,7 @@ def pinned_versions_ok(v06):
         name, version = line.split("==")
         if v06 and _requirement_name(name) in {_requirement_name(p) for p in V06_PINS}:
             continue
-        if v06 and name.startswith("onnx"):
+        if v06 and name.startswith(("onnx", "openvino")):
             continue
         if dist_version(name.strip()) != version.strip():
             return False
@@ -368,8 +368,8 @@ def step_project(workdir, source=None):
     if project_ready(v06):
         log(f"resnet_backbone (editable, {REPO}) and test requirements (pinned): present")
         return
-    # onnx / onnxruntime (the export tests) are not installed beside v0.6: they need a newer numpy
-    extras = "test" if v06 else "test,onnx"
+    # onnx / onnxruntime / openvino (export tests, benchmark peers) are not installed beside v0.6: newer numpy
+    extras = "test" if v06 else "test,onnx,deploy"
     pip("--no-build-isolation", "-e", f"{REPO}[{extras}]", constraints=test_constraints(workdir, v06))
     if not project_ready(v06):
         raise StepError(f"resnet_backbone is not installed editable from {REPO} after `pip install -e`")

@@ -4,11 +4,20 @@ against the eager model.
 * "torchscript": `torch.jit.trace` of detectron2's `TracingAdapter` (GeneralizedRCNN through `inference(...,
   do_postprocess=False)`, as detectron2's tool), saved as model.ts and loaded back to run.
 * "onnx": the same adapter through `torch.onnx.export` (TorchScript-based exporter, detectron2's stable opset), run
-  by onnxruntime.
+  by onnxruntime; the image's height and width are left free (dynamic axes).
+* "openvino": that ONNX file read by OpenVINO and saved as its IR (model.xml + model.bin, float32 weights), run by
+  OpenVINO on the CPU (engine/runtimes.py).
 * "torch.export": the detector's backbone (normalised, padded input as the detector feeds it). The whole detector
   does not go through torch.export: detectron2's proposal and ROI post-processing branch on data
   (proposal_utils.find_top_rpn_proposals, `if not valid_mask.all()`), which it cannot capture
-  (GuardOnDataDependentSymNode; draft_export fails a runtime assertion there).
+  (GuardOnDataDependentSymNode; draft_export fails a runtime assertion there). The program is exported for the
+  sample's shape: torch.export specialises every dimension it is not told is dynamic.
+
+Every detector export is also run on a second input size (the sample cropped to 3/4 of its height and width) and
+compared with the eager model there: `ExportResult.other_size` says whether the file accepts other sizes. Beside
+the exported file the tool writes sample.npy (the input it was checked on) and load_and_run.py: the few lines that
+load and run the file in a fresh process with only its runtime installed (TorchScript: torch + torchvision, whose
+NMS / RoI ops the traced detector calls; ONNX: onnxruntime; OpenVINO: openvino).
 
 The deploy path's fused oneDNN / Winograd convolutions and torch.compile are eager-only (packed weights, C kernels and
 compiled graphs that tracing cannot record): they are refused; the BN-folded model (MODEL.RB_DEPLOY.FUSE_BN) and
@@ -18,9 +27,9 @@ Detections are compared after pairing each exported detection with the eager one
 and score: detections with equal scores (RoI pooling maps nearby proposals to the same bins) may come out in
 another order, which is the same result.
 """
-import inspect
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Tuple
 
@@ -34,14 +43,19 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-__all__ = ["EAGER_ONLY_DEPLOY_KEYS", "FORMATS", "ExportResult", "check_exportable_config", "check_exportable_model",
-           "compare_outputs", "export_model"]
+from . import runtimes
+from .export_scripts import LOAD_SCRIPT, write_load_script
 
-FORMATS = ("torchscript", "onnx", "torch.export")
+__all__ = ["EAGER_ONLY_DEPLOY_KEYS", "FORMATS", "ExportResult", "check_exportable_config", "check_exportable_model",
+           "compare_outputs", "export_model", "detector_adapter", "flat_output_names", "LOAD_SCRIPT"]
+
+FORMATS = ("torchscript", "onnx", "openvino", "torch.export")
 # MODEL.RB_DEPLOY keys whose modules only run eagerly
 EAGER_ONLY_DEPLOY_KEYS = ("ONEDNN", "WINOGRAD", "COMPILE")
-# detectron2's STABLE_ONNX_OPSET_VERSION (not in detectron2 v0.6, whose export tool also used 11)
-ONNX_OPSET = 11
+# the second input size every detector export is checked on, as a fraction of the sample's height and width
+OTHER_SIZE = 0.75
+_STATIC_BACKBONE = ("fixed to the sample's shape: torch.export specialises every dimension it is not told is "
+                    "dynamic; export again for another input size")
 _EAGER_ONLY = ("the deploy path's fused oneDNN / Winograd convolutions and torch.compile are eager-only (packed "
                "weights, C kernels and compiled graphs that tracing cannot record)")
 _EXPORTABLE = ("export the BN-folded model instead: MODEL.RB_DEPLOY.FUSE_BN True (and CHANNELS_LAST if wanted) with "
@@ -60,6 +74,9 @@ class ExportResult:
     detections: Optional[int] = None  # detections the eager model returned (None for the backbone)
     outputs: List[Tuple[str, List[int], float]] = field(default_factory=list)  # (name, shape, max abs diff)
     instances: Optional[List[dict]] = None  # the exported model's raw outputs, rebuilt (not in to_dict)
+    # the check on a second input size: {"size": [h, w], "max_abs_diff", "dynamic": bool, "note"}
+    other_size: dict = field(default_factory=dict)
+    load_script: Optional[str] = None  # load_and_run.py beside the export
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -168,19 +185,65 @@ def compare_outputs(eager, exported, prefix="") -> Tuple[float, List[Tuple[str, 
     return worst, rows, detections
 
 
-def _onnx_export(module, args, path):
-    kwargs = {"opset_version": ONNX_OPSET}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kwargs["dynamo"] = False  # the TorchScript-based exporter, which knows torchvision's RoI ops
-    torch.onnx.export(module, args, path, **kwargs)
+def flat_output_names(outputs, prefix: str = "") -> List[str]:
+    """Names of a TracingAdapter's flat outputs, in its order (lists / tuples by index where longer than one,
+    dicts and Instances fields by sorted name, then an Instances' image size)."""
+    if isinstance(outputs, (list, tuple)):
+        return [n for i, v in enumerate(outputs)
+                for n in flat_output_names(v, f"{prefix}{i}." if len(outputs) > 1 else prefix)]
+    if isinstance(outputs, dict):
+        return [n for k in sorted(outputs) for n in flat_output_names(outputs[k], f"{prefix}{k}.")]
+    if isinstance(outputs, Instances):
+        return flat_output_names(outputs.get_fields(), prefix) + [f"{prefix}image_size"]
+    return [prefix.rstrip(".") or "output"]
 
 
-def _run_onnx(path, image: torch.Tensor) -> List[torch.Tensor]:
-    import onnxruntime
+def detector_adapter(model: nn.Module, image: torch.Tensor) -> TracingAdapter:
+    """detectron2's TracingAdapter of a detector on one image tensor (CHW float), as its export tool builds it."""
+    # eval: exporters put a module back in the mode it had, and a new module is in training mode (which would
+    # switch the detector to training for every call after the export)
+    return TracingAdapter(model, [{"image": image}], _inference_func(model)).eval()
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {session.get_inputs()[0].name: image.cpu().numpy()})
-    return [torch.from_numpy(o) for o in outputs]
+
+def _export_file(adapter, image, fmt, output_dir, names) -> Tuple[str, Callable]:
+    """Write the adapter in `fmt`; (path, run(image) -> flat outputs of the written file)."""
+    if fmt == "torchscript":
+        path = os.path.join(output_dir, "model.ts")
+        traced = torch.jit.trace(adapter, (image,))
+        torch.jit.save(traced, path)
+        dump_torchscript_IR(traced, output_dir)
+        loaded = torch.jit.load(path)
+        return path, lambda x: list(loaded(x))
+    dynamic = {"image": {1: "height", 2: "width"}}
+    if fmt == "onnx":
+        path = os.path.join(output_dir, "model.onnx")
+        runtimes.export_onnx(adapter, (image,), path, input_names=["image"], output_names=names, dynamic_axes=dynamic)
+        session = runtimes.onnxruntime_session(path)
+    else:
+        path = os.path.join(output_dir, "model.xml")
+        with tempfile.TemporaryDirectory(prefix="rb_export_") as tmp:  # the ONNX file OpenVINO reads
+            onnx_path = os.path.join(tmp, "model.onnx")
+            runtimes.export_onnx(adapter, (image,), onnx_path, input_names=["image"], output_names=names,
+                                 dynamic_axes=dynamic)
+            runtimes.openvino_model(onnx_path, path)
+        session = runtimes.openvino_compiled(path, "f32")
+    return path, lambda x: runtimes.run_session(session, [x])
+
+
+def _other_size(adapter, run, image) -> dict:
+    """Run the written file on the sample cropped to OTHER_SIZE of its sides and compare with the eager model."""
+    h, w = (max(1, int(side * OTHER_SIZE)) for side in image.shape[1:])
+    crop = image[:, :h, :w].contiguous()
+    entry = {"size": [h, w]}
+    try:
+        worst, _, _ = compare_outputs(adapter.outputs_schema(adapter(crop)), adapter.outputs_schema(list(run(crop))))
+    except Exception as e:  # a file fixed to the sample's size refuses other inputs
+        reason = (str(e).strip().splitlines() or [""])[0]
+        return dict(entry, max_abs_diff=None, dynamic=False, note=f"fails on {h}x{w}: {type(e).__name__} {reason}")
+    dynamic = math.isfinite(worst) and worst <= 1e-3
+    note = ("any input size (height and width are free)" if dynamic else
+            f"not usable at other sizes: on {h}x{w} its outputs differ from the eager model's by {worst:.3g}")
+    return dict(entry, max_abs_diff=worst if math.isfinite(worst) else str(worst), dynamic=dynamic, note=note)
 
 
 def _export_backbone(model, inputs, output_dir) -> ExportResult:
@@ -192,16 +255,22 @@ def _export_backbone(model, inputs, output_dir) -> ExportResult:
     torch.export.save(program, path)
     out = torch.export.load(path).module()(x)
     worst, rows, _ = compare_outputs(eager, out)
-    return ExportResult("torch.export", "backbone", path, worst, None, rows)
+    script = write_load_script("torch.export", output_dir, x, sorted(eager))
+    return ExportResult("torch.export", "backbone", path, worst, None, rows,
+                        other_size={"dynamic": False, "note": _STATIC_BACKBONE}, load_script=script)
 
 
 def export_model(model: nn.Module, inputs: List[dict], fmt: str, output_dir: str) -> ExportResult:
     """Export `model` (eval mode, weights loaded) in `fmt` to `output_dir`, run the written file on `inputs`
-    (one image: [{"image": CHW tensor in the model's input format, ...}]) and compare with the eager model."""
+    (one image: [{"image": CHW tensor in the model's input format, ...}]) and on a second size, compare with the
+    eager model, and write load_and_run.py + sample.npy beside it."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if len(inputs) != 1 or "image" not in inputs[0]:
         raise ValueError("export_model takes one sample: [{'image': CHW tensor}]")
+    runtime = {"onnx": "onnx", "openvino": "openvino"}.get(fmt)
+    if runtime and runtimes.missing(runtime):
+        raise ValueError(f"--format {fmt} needs {runtimes.missing(runtime)}")
     check_exportable_model(model)
     os.makedirs(output_dir, exist_ok=True)
     model.eval()
@@ -209,18 +278,15 @@ def export_model(model: nn.Module, inputs: List[dict], fmt: str, output_dir: str
     with torch.no_grad():
         if fmt == "torch.export":
             return _export_backbone(model, [{"image": image}], output_dir)
-        adapter = TracingAdapter(model, [{"image": image}], _inference_func(model))
+        adapter = detector_adapter(model, image)
         eager = adapter(image)
-        if fmt == "torchscript":
-            path = os.path.join(output_dir, "model.ts")
-            traced = torch.jit.trace(adapter, (image,))
-            torch.jit.save(traced, path)
-            dump_torchscript_IR(traced, output_dir)
-            flat = torch.jit.load(path)(image)
-        else:
-            path = os.path.join(output_dir, "model.onnx")
-            _onnx_export(adapter, (image,), path)
-            flat = _run_onnx(path, image)
+        names = flat_output_names(adapter.outputs_schema(eager))
+        if len(names) != len(eager):
+            names = [f"output{i}" for i in range(len(eager))]
+        path, run = _export_file(adapter, image, fmt, output_dir, names)
+        flat = run(image)
         reference, rebuilt = adapter.outputs_schema(eager), adapter.outputs_schema(list(flat))
+        other = _other_size(adapter, run, image)
     worst, rows, detections = compare_outputs(reference, rebuilt)
-    return ExportResult(fmt, "detector", path, worst, detections, rows, rebuilt)
+    script = write_load_script(fmt, output_dir, image, names)
+    return ExportResult(fmt, "detector", path, worst, detections, rows, rebuilt, other, script)
