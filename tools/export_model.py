@@ -22,23 +22,16 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import List
 
 import torch
-from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
-from detectron2.modeling import build_model
+from detectron2.data import MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 import resnet_backbone  # noqa: F401  (registers the plugin's backbones and heads)
-from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
-from resnet_backbone.checkpoint.preprocessing import check_preprocessing
-from resnet_backbone.data.checked_mapper import CheckedDatasetMapper
-from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
-from resnet_backbone.deploy import apply_deploy_config
-from resnet_backbone.engine.config_io import check_device, load_config
+from resnet_backbone.data.register import check_dataset_registered
 from resnet_backbone.engine.detector_export import FORMATS, check_exportable_config, export_model
-from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view
+from resnet_backbone.engine.run_config import RunConfig
 from resnet_backbone.utils.atomic import atomic_write_text
 
 logger = logging.getLogger("resnet_backbone.export_model")
@@ -62,68 +55,36 @@ def build_parser():
 
 @dataclass
 class Detector:
-    """A detector ready to export (eval mode, weights loaded) and what its config says about its inputs."""
+    """A detector ready to export (eval mode, weights loaded) and the config it comes from."""
 
     model: torch.nn.Module
-    mapper: Callable  # the test-time DatasetMapper: file / dataset dict -> {"image": CHW tensor, ...}
-    test_loader: Callable  # dataset name -> test data loader
-    datasets: List[str]  # the test datasets (the first gives the sample and the picture's class names)
-    input_format: str
+    run: RunConfig
+
+    @property
+    def datasets(self) -> List[str]:
+        """The test datasets (the first gives the sample and the picture's class names)."""
+        return list(self.run.view.DATASETS.TEST)
 
 
-def _check_weights(weights, key, allow_random):
-    if not weights and not allow_random:
-        raise ValueError(f"{key} is empty: the export would hold a randomly initialised detector. Set it to a "
-                         "trained model (e.g. output/coco/frcnn_r101/model_final.pth), or pass "
-                         "--allow-random-weights to export an untrained one on purpose")
-
-
-def yaml_detector(args) -> Detector:
-    cfg = load_config(args.config_file, args.opts)
-    check_device(cfg.MODEL.DEVICE)
-    check_exportable_config(cfg)
-    _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", args.allow_random_weights)
-    if cfg.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
-        check_preprocessing(cfg, cfg.MODEL.WEIGHTS)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.freeze()
-    model = build_model(cfg)
-    SafeDetectionCheckpointer(model, allow_partial=cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL).load(cfg.MODEL.WEIGHTS)
-    model = apply_deploy_config(cfg, model.eval())  # FUSE_BN / CHANNELS_LAST: the exportable part of the deploy path
-    mapper = CheckedDatasetMapper(cfg, is_train=False)
-    return Detector(model, mapper, lambda name: build_detection_test_loader(cfg, name, mapper=mapper),
-                    list(cfg.DATASETS.TEST), cfg.INPUT.FORMAT)
-
-
-def lazy_detector(args) -> Detector:
-    cfg = load_lazy_config(args.config_file, args.opts)
-    check_device(cfg.train.device)
-    _check_weights(cfg.train.init_checkpoint, "train.init_checkpoint", args.allow_random_weights)
-    view = yacs_view(cfg)
-    if view.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
-        check_preprocessing(view, view.MODEL.WEIGHTS)
-    model = instantiate(cfg.model).to(cfg.train.device)
-    SafeDetectionCheckpointer(model, allow_partial=cfg.train.allow_partial).load(cfg.train.init_checkpoint)
-    mapper = instantiate(cfg.dataloader.test.mapper)
-
-    def test_loader(name):
-        return build_detection_test_loader(dataset=get_detection_dataset_dicts([name], filter_empty=False),
-                                           mapper=mapper, num_workers=0)
-
-    return Detector(model.eval(), mapper, test_loader, dataset_names(cfg.dataloader.test.dataset.names),
-                    view.INPUT.FORMAT)
+def build_detector(args) -> Detector:
+    """The detector of --config (YAML or LazyConfig) with its weights, BN folded where MODEL.RB_DEPLOY.FUSE_BN."""
+    run = RunConfig.load(args.config_file, args.opts)
+    run.check(weights_needed="" if args.allow_random_weights else (
+        "the export would hold a randomly initialised detector. Set it to a trained model (e.g. "
+        "output/coco/frcnn_r101/model_final.pth), or pass --allow-random-weights to export an untrained one on purpose"))
+    check_exportable_config(run.view)
+    return Detector(run.inference_model(), run)
 
 
 def sample_inputs(detector: Detector, image_path=None):
     """One sample as the detector's test loader gives it: [{"image": CHW float in its input format, ...}]."""
     if image_path:
-        sample = detector.mapper({"file_name": image_path})
+        sample = detector.run.test_mapper()({"file_name": image_path})
     else:
         if not detector.datasets:
             raise ValueError("no sample: the config has no test dataset; pass --sample-image")
-        register_synthetic_datasets()
         check_dataset_registered(detector.datasets[0])
-        sample = next(iter(detector.test_loader(detector.datasets[0])))[0]
+        sample = next(iter(detector.run.test_loader(detector.datasets[0])))[0]
     sample["image"] = sample["image"].float()
     return [sample]
 
@@ -138,7 +99,7 @@ def draw_detections(detector: Detector, sample, instances, path, max_shown=20):
                        "opencv-python-headless)", e)
         return None
     image = sample["image"].permute(1, 2, 0).clamp(0, 255).byte().numpy()
-    if detector.input_format == "BGR":
+    if detector.run.view.INPUT.FORMAT == "BGR":
         image = image[:, :, ::-1]
     meta = MetadataCatalog.get(detector.datasets[0]) if detector.datasets else None
     inst = instances.to("cpu")
@@ -151,7 +112,7 @@ def draw_detections(detector: Detector, sample, instances, path, max_shown=20):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logger(name="resnet_backbone")
-    detector = (lazy_detector if args.config_file.endswith(".py") else yaml_detector)(args)
+    detector = build_detector(args)
     inputs = sample_inputs(detector, args.sample_image)
     logger.info("exporting %s to %s as %s", args.config_file, args.output, args.format)
     result = export_model(detector.model, inputs, args.format, args.output)

@@ -23,19 +23,13 @@ from detectron2.utils import comm
 import resnet_backbone  # noqa: F401  (registers the plugin's backbones and heads)
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
 from resnet_backbone.checkpoint.frozen import check_frozen_layers_loaded, loaded_keys
-from resnet_backbone.checkpoint.preprocessing import check_preprocessing
-from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
-from resnet_backbone.engine.config_io import check_device
 from resnet_backbone.engine.launch import build_argument_parser, parse_and_launch
-from resnet_backbone.engine.lazy import dataset_names, load_lazy_config, yacs_view
+from resnet_backbone.engine.lazy import dataset_names, yacs_view
+from resnet_backbone.engine.run_config import RunConfig
 from resnet_backbone.engine.trainer import ddp_device_kwargs, write_eval_results
 
 logger = logging.getLogger("resnet_backbone.lazy_train_net")
 
-# where the yacs keys named by the plugin's checks live in a LazyConfig
-_LAZY_KEYS = ("MODEL.WEIGHTS = train.init_checkpoint, MODEL.PIXEL_MEAN / PIXEL_STD = model.pixel_mean / pixel_std, "
-              "INPUT.FORMAT = model.input_format, MODEL.RESNETS.* = the model's ResNet arguments, "
-              "MODEL.RB_WEIGHTS.CHECK_PREPROCESSING = train.check_preprocessing")
 _FROZEN_FIX = ("Fix: set train.init_checkpoint to ImageNet weights (the config's default), train from scratch "
                "with trainable layers (ResNet: model.backbone.freeze_at=0 model.backbone.norm=BN, and the C4 head's "
                "res5 follows; VGG-16: model.backbone.freeze_at=0), or set train.allow_random_frozen=True to train "
@@ -46,17 +40,7 @@ build_parser = build_argument_parser  # every tool's parser goes by this name (t
 
 
 def setup(args):
-    cfg = load_lazy_config(args.config_file, args.opts)
-    check_device(cfg.train.device)
-    view = yacs_view(cfg)
-    if view.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
-        try:
-            check_preprocessing(view, view.MODEL.WEIGHTS)
-        except ValueError as e:
-            raise ValueError(f"{e} (in this LazyConfig: {_LAZY_KEYS})") from None
-    register_synthetic_datasets()
-    for name in list(view.DATASETS.TRAIN) + list(view.DATASETS.TEST):
-        check_dataset_registered(name)
+    cfg = RunConfig.load(args.config_file, args.opts, lazy=True).check(datasets=("TRAIN", "TEST")).cfg
     default_setup(cfg, args)
     return cfg
 
@@ -141,12 +125,7 @@ def worker(args):
     """One process of the job (detectron2's launch starts one per GPU)."""
     cfg = setup(args)
     if args.eval_only:
-        model = instantiate(cfg.model)
-        model.to(cfg.train.device)
-        model = create_ddp_model(model, **ddp_device_kwargs(model))
-        SafeDetectionCheckpointer(model, cfg.train.output_dir, allow_partial=cfg.train.allow_partial
-                                  ).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-        results = do_test(cfg, model)
+        results = do_test(cfg, RunConfig(cfg).inference_model(resume=args.resume))  # weights loaded safely
     else:
         results = do_train(args, cfg)
     write_eval_results(yacs_view(cfg), results, config_file=args.config_file)  # rank 0 only

@@ -32,8 +32,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 # drawn pictures keep the input's format where it is one of these, else become PNG
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 PREDICTIONS_JSON = "predictions.json"
-# BatchNorm statistics are not learned weights: a checkpoint without them (MSRA pkls) still predicts as trained
-_NOT_WEIGHTS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def build_parser():
@@ -68,49 +66,36 @@ def collect_images(inputs):
 
 
 def setup_cfg(args):
-    from resnet_backbone.checkpoint.preprocessing import check_preprocessing
-    from resnet_backbone.data.register import register_synthetic_datasets
-    from resnet_backbone.engine.config_io import check_device, load_config
+    """The checked config of a prediction run (a yacs CfgNode), keeping every detection --confidence asks for."""
+    from resnet_backbone.engine.run_config import RunConfig
 
     if not 0.0 <= args.confidence <= 1.0:
         raise ValueError(f"--confidence must be in [0, 1], got {args.confidence}")
-    cfg = load_config(args.config_file, args.opts)
-    check_device(cfg.MODEL.DEVICE)
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: tools/predict.py needs a trained detector, e.g. "
-                         "MODEL.WEIGHTS output/coco/frcnn_r101/model_final.pth")
-    if cfg.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
-        check_preprocessing(cfg, cfg.MODEL.WEIGHTS)
+    run = RunConfig.load(args.config_file, args.opts, lazy=False)
     # the models drop detections below their test threshold: keep everything --confidence asks for
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence
-    register_synthetic_datasets()  # the embedded datasets' class names
-    cfg.freeze()
-    return cfg
+    run.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
+    run.cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence
+    run.check(weights_needed="tools/predict.py needs a trained detector, e.g. "
+                             "MODEL.WEIGHTS output/coco/frcnn_r101/model_final.pth")
+    run.cfg.freeze()
+    return run.cfg
 
 
 def build_predictor(cfg):
-    """detectron2's DefaultPredictor with cfg.MODEL.WEIGHTS loaded by the safe checkpointer (DefaultPredictor's own
-    loader would unpickle the file), refusing weights that leave part of the detector untrained."""
+    """detectron2's DefaultPredictor (test-time resize, input format) around the model of RunConfig: weights read by
+    the safe checkpointer (DefaultPredictor's own loader would unpickle the file) and covering the whole detector,
+    MODEL.RB_DEPLOY.* applied."""
     from detectron2.engine import DefaultPredictor
 
-    from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
-    from resnet_backbone.deploy import apply_deploy_config
+    from resnet_backbone.engine.run_config import RunConfig
 
     unloaded = cfg.clone()
     unloaded.defrost()
     unloaded.MODEL.WEIGHTS = ""  # DefaultPredictor then loads nothing
     predictor = DefaultPredictor(unloaded)
-    checkpointer = SafeDetectionCheckpointer(predictor.model, allow_partial=cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL)
-    checkpointer.load(cfg.MODEL.WEIGHTS)
-    report = checkpointer.last_load_report
-    untrained = [k for k, _ in report.missing if not k.endswith(_NOT_WEIGHTS)] + [k for k, _, _ in report.mismatched]
-    if untrained:
-        raise ValueError(
-            f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} leaves {len(untrained)} weights of the detector uninitialised "
-            f"(e.g. {', '.join(untrained[:3])}): its predictions would be random. Use a trained detector, e.g. the "
-            "OUTPUT_DIR/model_final.pth of tools/train_net.py, with the config it was trained with")
-    predictor.model = apply_deploy_config(cfg, predictor.model)  # MODEL.RB_DEPLOY.*, as tools/train_net.py --eval-only
+    run = RunConfig(cfg)
+    run.load_weights(predictor.model, complete=True)
+    predictor.model = run.deploy(predictor.model)
     return predictor
 
 

@@ -10,13 +10,9 @@ Evaluation is chosen from the dataset: COCO mAP@[.5:.95] / mAP@.5 (pycocotools) 
 from detectron2.engine import default_setup
 
 import resnet_backbone  # noqa: F401  (registers the plugin's backbones and heads)
-from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
 from resnet_backbone.checkpoint.frozen import check_training_weights
-from resnet_backbone.checkpoint.preprocessing import check_preprocessing
-from resnet_backbone.data.register import check_dataset_registered, register_synthetic_datasets
-from resnet_backbone.deploy import apply_deploy_config
-from resnet_backbone.engine.config_io import check_device, load_config
 from resnet_backbone.engine.launch import build_argument_parser, parse_and_launch
+from resnet_backbone.engine.run_config import RunConfig
 from resnet_backbone.engine.trainer import Trainer, write_eval_results
 
 
@@ -24,13 +20,7 @@ build_parser = build_argument_parser  # every tool's parser goes by this name (t
 
 
 def setup(args):
-    cfg = load_config(args.config_file, args.opts)
-    check_device(cfg.MODEL.DEVICE)
-    if cfg.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING:
-        check_preprocessing(cfg, cfg.MODEL.WEIGHTS)  # its .provenance.json, or the known public source it names
-    register_synthetic_datasets()
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        check_dataset_registered(name)
+    cfg = RunConfig.load(args.config_file, args.opts, lazy=False).check(datasets=("TRAIN", "TEST")).cfg
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -39,10 +29,7 @@ def setup(args):
 def run(cfg, args):
     """Train (or, with --eval-only, evaluate) in this process; returns (evaluation results, model)."""
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.RB_WEIGHTS.ALLOW_PARTIAL
-                                  ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        model = apply_deploy_config(cfg, model)  # MODEL.RB_DEPLOY.*: BN folding, oneDNN, channels-last, compile
+        model = RunConfig(cfg).inference_model(resume=args.resume)  # weights loaded safely, MODEL.RB_DEPLOY.* applied
         return Trainer.test(cfg, model), model
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -6,12 +6,14 @@
 * `detection_evaluator(dataset_name, mask_on, output_dir)`: the plugin's evaluator choice (COCO or VOC metric, from
   the dataset's metadata) as a LazyConfig target.
 * `yacs_view(cfg)`: the yacs keys that the plugin's checks read (weights preprocessing, the results file), filled
-  from a LazyConfig; one translation, so that those checks exist once.
+  from a LazyConfig; one translation (LAZY_KEYS, `lazy_key`), so that those checks exist once
+  (engine/run_config.py runs them for both config kinds).
 """
 import ast
 import difflib
 import inspect
 import os
+import re
 from typing import List, Sequence
 
 from detectron2.config import CfgNode, LazyConfig, get_cfg
@@ -20,7 +22,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..config import add_resnet_backbone_config
 from .trainer import build_detection_evaluator
 
-__all__ = ["detection_evaluator", "dataset_names", "load_lazy_config", "parse_override", "yacs_view"]
+__all__ = ["LAZY_KEYS", "detection_evaluator", "dataset_names", "lazy_key", "lazy_keys_named", "load_lazy_config",
+           "parse_override", "yacs_view"]
+
+_MISSING = object()
 
 
 def _all_keys(node, prefix="") -> List[str]:
@@ -85,6 +90,7 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()):
         key, value = parse_override(item)
         _check_override_key(cfg, key)
         OmegaConf.update(cfg, key, value, merge=True)
+    _check_plugin_keys(cfg, path)
     return cfg
 
 
@@ -111,48 +117,88 @@ def _target_name(node) -> str:
     return getattr(target, "__name__", str(target).rpartition(".")[2]) if target is not None else ""
 
 
+# Where the yacs keys that the plugin's checks read live in a LazyConfig; "{net}" is the node of the backbone's
+# network (model.backbone, or model.backbone.bottom_up under an FPN).
+LAZY_KEYS = {
+    "MODEL.WEIGHTS": "train.init_checkpoint",
+    "MODEL.DEVICE": "train.device",
+    "OUTPUT_DIR": "train.output_dir",
+    "MODEL.RB_WEIGHTS.ALLOW_PARTIAL": "train.allow_partial",
+    "MODEL.RB_WEIGHTS.CHECK_PREPROCESSING": "train.check_preprocessing",
+    "MODEL.RB_WEIGHTS.ALLOW_RANDOM_FROZEN": "train.allow_random_frozen",
+    "MODEL.PIXEL_MEAN": "model.pixel_mean",
+    "MODEL.PIXEL_STD": "model.pixel_std",
+    "INPUT.FORMAT": "model.input_format",
+    "DATASETS.TRAIN": "dataloader.train.dataset.names",
+    "DATASETS.TEST": "dataloader.test.dataset.names",
+    "MODEL.BACKBONE.NAME": "{net}._target_",
+    "MODEL.RESNETS.DEPTH": "{net}.depth",
+    "MODEL.RESNETS.NORM": "{net}.norm",
+    "MODEL.RESNETS.STRIDE_IN_1X1": "{net}.stride_in_1x1",
+    "MODEL.RB_RESNET.SHORTCUT": "{net}.shortcut",
+    "MODEL.RB_RESNET.VARIANT": "{net}.variant",
+}
+_RESNET_KEYS = ("MODEL.RESNETS.", "MODEL.RB_RESNET.")
+
+
+def _net_key(cfg) -> str:
+    return "model.backbone.bottom_up" if "bottom_up" in cfg.model.backbone else "model.backbone"
+
+
+def lazy_key(cfg, yacs_key: str) -> str:
+    """Where `yacs_key` (one of LAZY_KEYS) lives in the LazyConfig `cfg`, e.g. MODEL.WEIGHTS -> train.init_checkpoint."""
+    return LAZY_KEYS[yacs_key].format(net=_net_key(cfg))
+
+
+def lazy_keys_named(cfg, text: str) -> str:
+    """"YACS.KEY = lazy.key, ..." for the LAZY_KEYS that `text` (a check's message) names; "" when none."""
+    return ", ".join(f"{k} = {lazy_key(cfg, k)}" for k in LAZY_KEYS if re.search(rf"\b{re.escape(k)}\b", text))
+
+
+def _check_plugin_keys(cfg, path):
+    """The keys yacs_view reads must be there (configs/lazy/common/train.py and models/resnet.py define them)."""
+    is_resnet = _target_name(OmegaConf.select(cfg, _net_key(cfg))) == "ResNet"
+    missing = [lazy_key(cfg, k) for k in LAZY_KEYS if is_resnet or not k.startswith(_RESNET_KEYS)]
+    missing = [k for k in missing if OmegaConf.select(cfg, k, default=_MISSING, throw_on_missing=False) is _MISSING]
+    if missing:
+        raise ValueError(f"LazyConfig {path!r} lacks {', '.join(missing)}: the plugin's checks read them "
+                         "(configs/lazy/common/train.py and configs/lazy/common/models/resnet.py set them all)")
+
+
 def yacs_view(cfg) -> CfgNode:
-    """A yacs config holding what a LazyConfig `cfg` says about the keys the plugin's checks read: MODEL.WEIGHTS,
-    DEVICE, PIXEL_MEAN / STD, META_ARCHITECTURE, BACKBONE.NAME, RESNETS.{DEPTH, NORM, STRIDE_IN_1X1},
-    RB_RESNET.SHORTCUT, MASK_ON, RB_WEIGHTS.*, INPUT.FORMAT, DATASETS.*, OUTPUT_DIR (the rest keeps defaults)."""
+    """A yacs config holding what a LazyConfig `cfg` says about the keys the plugin's checks read (LAZY_KEYS, plus
+    META_ARCHITECTURE and MASK_ON); the rest keeps its defaults."""
     view = get_cfg()
     add_resnet_backbone_config(view)
     model, train = cfg.model, cfg.train
-    view.MODEL.WEIGHTS = train.get("init_checkpoint", "")
-    view.MODEL.DEVICE = train.get("device", "cuda")
-    view.OUTPUT_DIR = train.get("output_dir", "./output")
-    view.MODEL.RB_WEIGHTS.ALLOW_PARTIAL = bool(train.get("allow_partial", False))
-    view.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING = bool(train.get("check_preprocessing", True))
-    if "ALLOW_RANDOM_FROZEN" in view.MODEL.RB_WEIGHTS:
-        view.MODEL.RB_WEIGHTS.ALLOW_RANDOM_FROZEN = bool(train.get("allow_random_frozen", False))
+    view.MODEL.WEIGHTS = train.init_checkpoint
+    view.MODEL.DEVICE = train.device
+    view.OUTPUT_DIR = train.output_dir
+    view.MODEL.RB_WEIGHTS.ALLOW_PARTIAL = bool(train.allow_partial)
+    view.MODEL.RB_WEIGHTS.CHECK_PREPROCESSING = bool(train.check_preprocessing)
+    view.MODEL.RB_WEIGHTS.ALLOW_RANDOM_FROZEN = bool(train.allow_random_frozen)
     view.MODEL.META_ARCHITECTURE = _target_name(model)
-    for key in ("pixel_mean", "pixel_std"):
-        if key in model:
-            setattr(view.MODEL, key.upper(), [float(v) for v in model[key]])
-    view.INPUT.FORMAT = model.get("input_format", None) or view.INPUT.FORMAT
-    backbone = model.get("backbone", DictConfig({}))
-    bottom_up = backbone.get("bottom_up", None)
-    net = bottom_up if bottom_up is not None else backbone
+    view.MODEL.PIXEL_MEAN = [float(v) for v in model.pixel_mean]
+    view.MODEL.PIXEL_STD = [float(v) for v in model.pixel_std]
+    view.INPUT.FORMAT = model.input_format
+    backbone = model.backbone
+    net = OmegaConf.select(cfg, _net_key(cfg))
     kind = _target_name(net)
     if kind == "VGG":
         view.MODEL.BACKBONE.NAME = "build_rb_vgg16_backbone"
     elif kind == "ResNet":
-        top = _target_name(backbone.get("top_block", None))
-        view.MODEL.BACKBONE.NAME = ("build_rb_resnet_backbone" if bottom_up is None else
+        top = _target_name(backbone.top_block) if "top_block" in backbone else ""
+        view.MODEL.BACKBONE.NAME = ("build_rb_resnet_backbone" if "bottom_up" not in backbone else
                                     "build_rb_retinanet_resnet_fpn_backbone" if top == "LastLevelP6P7" else
                                     "build_rb_resnet_fpn_backbone")
         view.MODEL.RESNETS.DEPTH = int(net.depth)
-        view.MODEL.RESNETS.NORM = net.get("norm", "BN")
-        view.MODEL.RESNETS.STRIDE_IN_1X1 = bool(net.get("stride_in_1x1", True))
-        view.MODEL.RB_RESNET.SHORTCUT = net.get("shortcut", None) or "B"
-        view.MODEL.RB_RESNET.VARIANT = net.get("variant", "imagenet")
+        view.MODEL.RESNETS.NORM = net.norm
+        view.MODEL.RESNETS.STRIDE_IN_1X1 = bool(net.stride_in_1x1)
+        view.MODEL.RB_RESNET.SHORTCUT = net.shortcut or "B"
+        view.MODEL.RB_RESNET.VARIANT = net.variant
     else:
         view.MODEL.BACKBONE.NAME = kind
-    roi_heads = model.get("roi_heads", None)
-    view.MODEL.MASK_ON = bool(roi_heads is not None and roi_heads.get("mask_head", None) is not None)
-    loaders = cfg.get("dataloader", DictConfig({}))
-    for split, key in (("train", "TRAIN"), ("test", "TEST")):
-        names = OmegaConf.select(loaders, f"{split}.dataset.names", default=None)
-        if names is not None:
-            setattr(view.DATASETS, key, tuple(dataset_names(names)))
+    view.MODEL.MASK_ON = "roi_heads" in model and model.roi_heads.get("mask_head") is not None
+    view.DATASETS.TRAIN = tuple(dataset_names(cfg.dataloader.train.dataset.names))
+    view.DATASETS.TEST = tuple(dataset_names(cfg.dataloader.test.dataset.names))
     return view
