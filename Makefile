@@ -1,5 +1,5 @@
 PYTHON ?= python
-.PHONY: setup demo test test-fast
+.PHONY: setup demo test test-fast test-d2-client
 
 setup:
 	$(PYTHON) tools/setup_env.py
@@ -12,3 +12,7 @@ test: setup
 
 test-fast: setup
 	$(PYTHON) -m pytest tests -q -rfE --tb=short -m "not slow"
+
+# detectron2's own model tests on the plugin's backbones (needs RB_DETECTRON2_SOURCE; docs/detectron2_tests.md)
+test-d2-client: setup
+	$(PYTHON) tools/d2_client_tests.py
