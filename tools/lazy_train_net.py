@@ -15,7 +15,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine import default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -23,10 +23,14 @@ from detectron2.utils import comm
 import resnet_backbone  # noqa: F401  (registers the plugin's backbones and heads)
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
 from resnet_backbone.checkpoint.frozen import check_frozen_layers_loaded, loaded_keys
+from resnet_backbone.data.resumable_loader import instantiate_train_loader
+from resnet_backbone.engine.amp import build_step_trainer
 from resnet_backbone.engine.launch import build_argument_parser, parse_and_launch
 from resnet_backbone.engine.lazy import dataset_names, yacs_view
 from resnet_backbone.engine.run_config import RunConfig
+from resnet_backbone.engine.resume import preserved_rng
 from resnet_backbone.engine.trainer import ddp_device_kwargs, write_eval_results
+from resnet_backbone.engine.training_hooks import resilience_hooks
 
 logger = logging.getLogger("resnet_backbone.lazy_train_net")
 
@@ -62,7 +66,13 @@ def _one_test_dataset(cfg, name):
 
 
 def do_test(cfg, model):
-    """Evaluate `model` on each of dataloader.test.dataset.names; returns {dataset: results}."""
+    """Evaluate `model` on each of dataloader.test.dataset.names; returns {dataset: results}. The training RNG
+    streams are left alone (a resumed run does not replay the evaluations before it)."""
+    with preserved_rng():
+        return _evaluate_each(cfg, model)
+
+
+def _evaluate_each(cfg, model):
     results = OrderedDict()
     if "evaluator" not in cfg.dataloader:
         return results
@@ -85,16 +95,17 @@ def check_frozen_weights(cfg, model, checkpointer):
 
 
 def do_train(args, cfg):
-    """detectron2's lazy training loop (SimpleTrainer / AMPTrainer and its hooks) with the safe checkpointer;
-    returns the evaluation results at the end of training."""
+    """detectron2's lazy training loop with the YAML trainer's pieces: its step trainer (SimpleTrainer, or with
+    train.amp.enabled AMPTrainer on CUDA / bfloat16 autocast on CPU), the safe checkpointer, a resumable train
+    loader, the exact-resume and preemption hooks; returns the evaluation results at the end of training."""
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = instantiate_train_loader(cfg.dataloader.train)  # resumable, where it is detectron2's loader
     model = create_ddp_model(model, **cfg.train.ddp, **ddp_device_kwargs(model))  # CPU processes: no device ids
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    trainer = build_step_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled, device=cfg.train.device)
     checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer,
                                              allow_partial=cfg.train.allow_partial)
     results = OrderedDict()
@@ -104,7 +115,7 @@ def do_train(args, cfg):
         results.update(do_test(cfg, model))
         return results
 
-    trainer.register_hooks([
+    trainer.register_hooks(resilience_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
@@ -112,7 +123,8 @@ def do_train(args, cfg):
         hooks.EvalHook(cfg.train.eval_period, test_and_keep),
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
-    ])
+    ], checkpointer=checkpointer, data_loader=train_loader, checkpoint_period=cfg.train.checkpointer.period,
+        device=cfg.train.device, seed=cfg.train.seed))
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     check_frozen_weights(cfg, model, checkpointer)
     # the checkpoint stores the iteration that just finished

@@ -35,7 +35,9 @@ def run(cfg, args):
     trainer.resume_or_load(resume=args.resume)
     check_training_weights(cfg, trainer.model, trainer.checkpointer.last_load_report)  # frozen layers got weights
     trainer.train()
-    results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
+    # DefaultTrainer's final evaluation ran on every rank (its results are empty on ranks > 0); evaluate here only
+    # when it did not run at all (nothing left to train), so that all ranks enter the same collectives
+    results = trainer._last_eval_results if hasattr(trainer, "_last_eval_results") else Trainer.test(cfg, trainer.model)
     return results, trainer.model
 
 

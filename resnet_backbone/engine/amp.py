@@ -11,7 +11,8 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 
 from ..deploy.precision import autocast_forward
 
-__all__ = ["amp_dtype", "CPUAMPTrainer", "build_amp_step_trainer", "grad_scaler", "pretrain_amp_dtype"]
+__all__ = ["amp_dtype", "CPUAMPTrainer", "build_amp_step_trainer", "build_step_trainer", "grad_scaler",
+           "pretrain_amp_dtype"]
 
 
 def amp_dtype(device: Union[str, torch.device]) -> torch.dtype:
@@ -60,3 +61,11 @@ def build_amp_step_trainer(model, data_loader, optimizer, device: Union[str, tor
         return AMPTrainer(model, data_loader, optimizer)
     dtype = amp_dtype(device)  # raises for other devices
     return CPUAMPTrainer(model, data_loader, optimizer, precision=dtype)
+
+
+def build_step_trainer(model, data_loader, optimizer, *, amp: bool, device: Union[str, torch.device]):
+    """The loop that runs one detection iteration, for both training tools: detectron2's SimpleTrainer, or with
+    mixed precision (SOLVER.AMP.ENABLED / train.amp.enabled) `build_amp_step_trainer`'s."""
+    if amp:
+        return build_amp_step_trainer(model, data_loader, optimizer, device)
+    return SimpleTrainer(model, data_loader, optimizer)

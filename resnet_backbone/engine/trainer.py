@@ -4,8 +4,8 @@ import logging
 import os
 import weakref
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
 from detectron2.engine.hooks import PeriodicWriter
 from detectron2.utils.logger import setup_logger
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
@@ -14,7 +14,10 @@ from detectron2.utils import comm
 from ..utils.atomic import atomic_write_text
 from ..checkpoint.checkpointer import SafeDetectionCheckpointer
 from ..data.checked_mapper import CheckedDatasetMapper
-from .amp import build_amp_step_trainer
+from ..data.resumable_loader import resumable_train_loader_from_cfg
+from .amp import build_step_trainer
+from .resume import preserved_rng
+from .training_hooks import resilience_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +58,9 @@ def ddp_device_kwargs(model):
 
 
 class Trainer(DefaultTrainer):
-    """Overrides only what differs from DefaultTrainer: evaluators, the checkpointer, NaN reporting, and the DDP
-    wrapper (device ids from where the model lives, so that several CPU processes train too)."""
+    """Overrides only what differs from DefaultTrainer: evaluators, the checkpointer, NaN reporting, the DDP
+    wrapper (device ids from where the model lives, so that several CPU processes train too), a train loader whose
+    position is checkpointed, and the exact-resume / preemption hooks (engine/training_hooks.py)."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ with one change, in the DDP wrapper; it has no hook for it, so the steps are
@@ -81,14 +85,13 @@ class Trainer(DefaultTrainer):
     def build_step_trainer(cls, cfg, model, data_loader, optimizer):
         """The loop that runs one iteration: detectron2's SimpleTrainer, or with SOLVER.AMP.ENABLED its AMPTrainer
         (CUDA, float16) / CPUAMPTrainer (CPU, bfloat16 autocast; engine/amp.py)."""
-        if cfg.SOLVER.AMP.ENABLED:
-            return build_amp_step_trainer(model, data_loader, optimizer, cfg.MODEL.DEVICE)
-        return SimpleTrainer(model, data_loader, optimizer)
+        return build_step_trainer(model, data_loader, optimizer, amp=cfg.SOLVER.AMP.ENABLED, device=cfg.MODEL.DEVICE)
 
     @classmethod
     def build_train_loader(cls, cfg):
+        """build_detection_train_loader's batches (sampler, aspect-ratio grouping, batch size), resumable."""
         mapper = CheckedDatasetMapper(cfg, is_train=True, skip_unreadable=cfg.RB_TRAIN.SKIP_UNREADABLE_IMAGES)
-        return build_detection_train_loader(cfg, mapper=mapper)
+        return resumable_train_loader_from_cfg(cfg, mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -98,6 +101,12 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return DatasetEvaluators([build_detection_evaluator(cfg, dataset_name, output_folder)])
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # an evaluation during training leaves the training RNG streams alone (a resumed run does not replay it)
+        with preserved_rng():
+            return super().test(cfg, model, evaluators)
 
     def build_hooks(self):
         # the PeriodicCheckpointer of DefaultTrainer.build_hooks captures self.checkpointer: the safe one (safe
@@ -110,7 +119,9 @@ class Trainer(DefaultTrainer):
         for h in hooks:
             if isinstance(h, PeriodicWriter):
                 h._period = self.cfg.RB_TRAIN.LOG_PERIOD  # DefaultTrainer fixes 20; no public setter
-        return hooks
+        return resilience_hooks(hooks, checkpointer=self.checkpointer, data_loader=self.data_loader,
+                                checkpoint_period=self.cfg.SOLVER.CHECKPOINT_PERIOD, device=self.cfg.MODEL.DEVICE,
+                                seed=self.cfg.SEED)
 
     def run_step(self):
         try:

@@ -5,22 +5,20 @@ writes, reads that cannot run code, strict loads) holding the model, the optimiz
 schedule as fvcore checkpointables. On top: the files are ``model_{iteration:07d}.pth`` (iterations completed) and
 ``model_final.pth``, the newest ``keep`` periodic ones are kept, and a checkpoint also records the run's seed, its
 position (the iteration, which fixes the data position too: data.IterationBatchSampler) and every rank's
-torch / numpy / python RNG states, so a resumed run continues as if it had never stopped. Resuming checks first
-that the checkpoint belongs to this run's model.
+torch / numpy / python RNG states (engine/resume.py, shared with the detection stage), so a resumed run continues
+as if it had never stopped. Resuming checks first that the checkpoint belongs to this run's model.
 """
 from __future__ import annotations
 
 import os
-import random
 from typing import Mapping
 
-import numpy as np
 import torch
 
 from ...checkpoint.checkpointer import SafeDetectionCheckpointer
 from ...modeling.options import check_int
 
-__all__ = ["FINAL_NAME", "PretrainCheckpointer", "capture_rng_state", "restore_rng_state"]
+__all__ = ["FINAL_NAME", "PretrainCheckpointer"]
 
 FINAL_NAME = "model_final"
 # What a pretraining checkpoint holds besides the model and the checkpointables.
@@ -35,31 +33,6 @@ def _is_periodic(filename: str) -> bool:
     """model_<7 digits>.pth: a periodic checkpoint (FINAL_NAME is never pruned)."""
     stem = filename[len("model_"):-len(".pth")]
     return filename.startswith("model_") and filename.endswith(".pth") and len(stem) == 7 and stem.isdigit()
-
-
-def capture_rng_state() -> dict:
-    """This process's RNG states, as tensors and plain values (readable by torch.load(weights_only=True))."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class PretrainCheckpointer(SafeDetectionCheckpointer):

@@ -11,8 +11,6 @@ start in the middle).
 """
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
 from detectron2.utils import comm
@@ -28,6 +26,7 @@ from ...data.transforms import (
     imagenet_train_transform,
 )
 from ...modeling.options import check_int
+from ..resume import sample_seed, seeded
 
 __all__ = [
     "IterationBatchSampler",
@@ -110,7 +109,7 @@ class IterationBatchSampler(Sampler):
 
     def sample_seed(self, position: int) -> int:
         """A 63-bit seed for the sample at stream position ``position`` (independent streams per position)."""
-        return int(np.random.SeedSequence([self.seed, position]).generate_state(1, np.uint64)[0]) >> 1
+        return sample_seed(self.seed, position)
 
     def batch(self, iteration: int) -> list:
         first = iteration * self.batch_size + self.rank * self.per_rank
@@ -141,16 +140,8 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item):
         index, seed = item
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+        with seeded(seed):
+            return self.dataset[index]
 
 
 def build_train_loader(cfg, dataset: Dataset, *, seed: int, start_iter: int, max_iter: int,

@@ -28,13 +28,9 @@ from ...utils.atomic import atomic_write_text
 from ...modeling.options import check_int
 from ..amp import grad_scaler, pretrain_amp_dtype
 from ..config_io import check_device
-from .checkpoint import (
-    FINAL_NAME,
-    PretrainCheckpointer,
-    capture_rng_state,
-    periodic_name,
-    restore_rng_state,
-)
+from ..preemption import PreemptionGuard, TrainingPreempted
+from ..resume import gather_rng_states, restore_rank_rng_state
+from .checkpoint import FINAL_NAME, PretrainCheckpointer, periodic_name
 from .data import build_pretrain_dataset, build_train_loader, preprocessing_from_cfg
 from .eval import ValidationSet, recompute_bn_stats
 from .export import EXPORT_NAME, export_for_detection
@@ -139,18 +135,12 @@ class PretrainRun:
         self.seed = int(extras["seed"])
         self.start_iter = int(extras["iteration"])
         self.precise_bn_done = bool(extras["precise_bn_done"])
-        rng = extras["rng"]
-        if len(rng) == comm.get_world_size():
-            restore_rng_state(rng[comm.get_rank()])
-        else:
-            logger.warning("checkpoint %s holds RNG states of %d processes, this run has %d: reseeding (the run "
-                           "continues, but not bit for bit)", path, len(rng), comm.get_world_size())
-            seed_all_rng(self.seed + comm.get_rank() + self.start_iter)
+        restore_rank_rng_state(extras["rng"], fallback_seed=self.seed + self.start_iter, source=f"checkpoint {path}")
         self.last_checkpoint = path
         logger.info("resumed from %s at iteration %d of %d", path, self.start_iter, self.max_iter)
 
     def _save(self, name: str, iteration: int) -> None:
-        rng = comm.all_gather(capture_rng_state())  # every rank's stream, so a resumed DDP run is exact too
+        rng = gather_rng_states()  # every rank's stream, so a resumed DDP run is exact too
         self.checkpointer.save(name, iteration=iteration, seed=self.seed, rng=rng, model_name=self.cfg.PRETRAIN.MODEL,
                                num_classes=self.num_classes, precise_bn_done=self.precise_bn_done)
         comm.synchronize()
@@ -160,7 +150,9 @@ class PretrainRun:
 
     def train(self) -> None:
         """Iterations start_iter + 1 .. MAX_ITER: SGD steps, metrics every PRETRAIN.LOG_PERIOD, validation every
-        PRETRAIN.EVAL_PERIOD, checkpoints every PRETRAIN.CHECKPOINT_PERIOD and at the end."""
+        PRETRAIN.EVAL_PERIOD, checkpoints every PRETRAIN.CHECKPOINT_PERIOD and at the end. On SIGTERM / SIGUSR1
+        (engine/preemption.py) the ranks stop after the same iteration with a checkpoint of it and raise
+        TrainingPreempted."""
         cfg, p = self.cfg, self.cfg.PRETRAIN
         if self.start_iter >= self.max_iter:
             return
@@ -174,9 +166,11 @@ class PretrainRun:
                     self.max_iter, p.SOLVER.IMS_PER_BATCH, world, len(self.train_set), len(self.validation.dataset))
         self.model.train()
         data_iter = iter(loader)
+        guard = PreemptionGuard().install()
         try:
             with EventStorage(self.start_iter) as storage:
                 for it in range(self.start_iter, self.max_iter):
+                    guard.test_pause(it)
                     start = time.perf_counter()
                     images, targets = next(data_iter)
                     images = images.to(self.device, non_blocking=True)
@@ -202,7 +196,13 @@ class PretrainRun:
                         self._save(FINAL_NAME, done)
                     elif done % p.CHECKPOINT_PERIOD == 0:
                         self._save(periodic_name(done), done)
+                    signal_name = guard.agreed(self.device)  # every rank, every iteration
+                    if signal_name and done < self.max_iter:
+                        if done % p.CHECKPOINT_PERIOD:
+                            self._save(periodic_name(done), done)
+                        raise TrainingPreempted(done, self.last_checkpoint, signal_name)
         finally:
+            guard.uninstall()
             del data_iter
             for writer in writers:
                 writer.close()
