@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from resnet_backbone import create_model
-from resnet_backbone.checkpoint.preprocessing import check_preprocessing, read_preprocessing, write_preprocessing
+from resnet_backbone.checkpoint.preprocessing import check_preprocessing, write_preprocessing
+from resnet_backbone.checkpoint.provenance import read_provenance
 from resnet_backbone.checkpoint.safe_load import load_file
 from resnet_backbone.data.transforms import IMAGENET_TORCHVISION, Preprocessing
 from resnet_backbone.engine.config_io import load_config
@@ -249,7 +250,7 @@ def test_export_written_with_its_preprocessing(trained):
     final = load_file(results["checkpoint"])["model"]
     for k, v in exported["model"].items():
         assert np.array_equal(v, final[k].numpy())
-    assert read_preprocessing(results["export"]) == preprocessing_from_cfg(cfg)
+    assert read_provenance(results["export"]).preprocessing == preprocessing_from_cfg(cfg)
 
 
 def test_resume_continues_the_same_run(data_root, tmp_path):

@@ -16,9 +16,9 @@ import os
 from typing import Optional
 
 from ..data.transforms import Preprocessing
-from .provenance import PROVENANCE, Provenance, provenance_for, read_provenance, write_provenance
+from .provenance import PROVENANCE, Provenance, provenance_for, write_provenance
 
-__all__ = ["write_preprocessing", "read_preprocessing", "check_preprocessing", "preprocessing_settings"]
+__all__ = ["write_preprocessing", "check_preprocessing"]
 
 # Relative tolerance of the comparison: a JSON round trip or a mean written with 3 decimals must pass, a mean in
 # the wrong units (x255) or the wrong channel order must not.
@@ -37,17 +37,6 @@ def write_preprocessing(weights_path, preprocessing: Preprocessing, *, source: s
     prov = Provenance(source=source, description=description or (base.description if base else ""),
                       preprocessing=preprocessing, stride_in_1x1=stride_in_1x1, reference=reference)
     return write_provenance(prov, weights_path, **extra)
-
-
-def read_preprocessing(weights_path) -> Optional[Preprocessing]:
-    """The preprocessing recorded beside ``weights_path``, or None when nothing is recorded."""
-    prov = read_provenance(weights_path)
-    return None if prov is None else prov.preprocessing
-
-
-def preprocessing_settings(preprocessing: Preprocessing) -> dict:
-    """The detectron2 config values for ``preprocessing``: MODEL.PIXEL_MEAN, MODEL.PIXEL_STD, INPUT.FORMAT."""
-    return preprocessing.as_detectron2()
 
 
 def _close(a, b) -> bool:
