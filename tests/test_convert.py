@@ -24,6 +24,18 @@ torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _load_into(model, weights, strict=True):
+    """Weights of any naming (a file, read safely, or a state dict) into a plugin model, converted as
+    tools/convert_weights.py converts them; with `strict`, a ValueError naming what does not fit, before loading."""
+    checkpoint = load_file(weights) if isinstance(weights, (str, Path)) else weights
+    eps = {name: m.eps for name, m in model.named_modules() if hasattr(m, "running_var")}
+    converted, report = C.convert_to_plugin(checkpoint, "auto", target=model, eps=eps)
+    if strict and not report.ok:
+        raise ValueError(f"weights do not fit this {type(model).__name__}:\n{report}")
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in converted.items() if k in own and k not in report.shape_mismatches},
+                          strict=False)
+    return report
 
 
 def _close(a, b, rel=1e-5):
@@ -51,7 +63,7 @@ def plugin_resnet18():
 def test_torchvision_weights_give_torchvision_logits(name, tv_resnet50):
     tv = tv_resnet50 if name == "resnet50" else randomize_norms(torchvision.models.resnet18(weights=None)).eval()
     plugin = create_model(name, stride_in_1x1=False).eval()  # torchvision's stride placement
-    report = C.load_weights_into(plugin, tv.state_dict())
+    report = _load_into(plugin, tv.state_dict())
     assert report.ok and report.source == "torchvision" and report.converted == len(tv.state_dict()), str(report)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -61,7 +73,7 @@ def test_torchvision_weights_give_torchvision_logits(name, tv_resnet50):
 def test_stride_placement_matters(tv_resnet50):
     # the same weights in the paper's placement give other logits: the test above does see the placement
     plugin = create_model("resnet50", stride_in_1x1=True).eval()
-    C.load_weights_into(plugin, tv_resnet50.state_dict())
+    _load_into(plugin, tv_resnet50.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert not _close(plugin(x), tv_resnet50(x), rel=1e-2)
@@ -82,7 +94,7 @@ def test_vgg16_torchvision_same_logits():
     torch.manual_seed(0)
     tv = torchvision.models.vgg16(weights=None).eval()
     plugin = create_model("vgg16").eval()
-    report = C.load_weights_into(plugin, tv.state_dict())
+    report = _load_into(plugin, tv.state_dict())
     assert report.ok and report.converted == 32, str(report)  # 13 convs + 3 fc, weight and bias each
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -118,7 +130,7 @@ def test_detectron2_pkl_round_trip_is_bitwise(tmp_path, plugin_resnet18):
     for k, v in sd.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
     model = create_model("resnet18").eval()
-    assert C.load_weights_into(model, path).ok
+    assert _load_into(model, path).ok
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), sd.values()))
 
 
@@ -199,7 +211,7 @@ def test_msra_round_trip_same_eval_outputs(tmp_path, name):
     path = tmp_path / "R.pkl"
     save_pkl(msra, path)  # a bare {blob: array} dict, like ImageNetPretrained/MSRA/R-50.pkl
     frozen = create_model(name, norm="FrozenBN").eval()
-    report = C.load_weights_into(frozen, path)
+    report = _load_into(frozen, path)
     assert report.ok and report.source == "msra", str(report)
     norm = frozen.stem.conv1.norm
     assert torch.equal(norm.running_var + norm.eps, torch.ones_like(norm.running_var))  # exact affine
@@ -242,15 +254,15 @@ def test_unmapped_missing_and_mismatched_keys_are_reported():
     text = str(report)
     assert "PROBLEMS" in text and "foo.weight" in text and "res5.1.conv2.norm.running_var" in text
     with pytest.raises(ValueError, match="foo.weight"):
-        C.load_weights_into(target, sd)
+        _load_into(target, sd)
     before = target.linear.weight.clone()
-    report = C.load_weights_into(target, sd, strict=False)
+    report = _load_into(target, sd, strict=False)
     assert torch.equal(target.stem.conv1.weight, tv["conv1.weight"]) and torch.equal(target.linear.weight, before)
 
 
 def test_classifier_is_unexpected_not_fatal_for_a_backbone(plugin_resnet18):
     backbone = create_model("resnet18", num_classes=None, out_features=["res5"])
-    report = C.load_weights_into(backbone, plugin_resnet18.state_dict())
+    report = _load_into(backbone, plugin_resnet18.state_dict())
     assert report.ok and report.unexpected == ["linear.weight", "linear.bias"]
 
 
@@ -308,7 +320,7 @@ def test_cli_end_to_end(tmp_path, tv_resnet50, capsys):
     assert tool.main(["--input", str(c4), "--output", str(plugin_file), "--to", "plugin"]) == 0
     assert read_provenance(plugin_file).source == "torchvision"
     plugin = create_model("resnet50", stride_in_1x1=False).eval()
-    report = C.load_weights_into(plugin, plugin_file, strict=False)
+    report = _load_into(plugin, plugin_file, strict=False)
     assert report.missing == ["linear.weight", "linear.bias"]  # a detector has no ImageNet classifier
     assert report.converted == len(load_file(c4)["model"]) and not report.unmapped
     assert torch.equal(plugin.res3[0].conv2.weight, tv_resnet50.layer2[0].conv2.weight)

@@ -15,9 +15,8 @@ Namings (a "format" below):
 
 Every function leaves its input untouched and says in its report which source keys did not map, which were left out
 on purpose (and why) and, given a target (a model, a state dict or a list of keys), which target keys were not
-filled. File reading goes through safe_load only (load_weights_into).
+filled.
 """
-import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from torch import nn
 from ..d2.weights import DETECTOR_LAYOUTS, map_classifier_to_detector
 from ..modeling.options import check_choice, check_rate
 from ..modeling.vgg import VGG16_LAYERS
-from .safe_load import load_file, state_dict_from
+from .safe_load import state_dict_from
 
 __all__ = [
     "FORMATS",
@@ -46,7 +45,6 @@ __all__ = [
     "convert_to_plugin",
     "convert_from_plugin",
     "torchvision_for_detectron2",
-    "load_weights_into",
 ]
 
 FORMATS = ("plugin", "torchvision", "msra", "detectron2")
@@ -324,7 +322,7 @@ def msra_to_plugin(state_dict: Mapping[str, Any], *, eps: Eps = DEFAULT_BN_EPS, 
     Each folded BN (scale s, shift b) becomes weight=s, bias=b, running_mean=0, running_var=1-eps: the plugin's
     norms compute x * weight / sqrt(running_var + eps) + bias, so with running_var = 1 - eps the affine is exactly
     s * x + b (detectron2's FrozenBatchNorm2d initialises running_var the same way). `eps` is the norm layers' eps,
-    one number or {plugin norm module name: eps} (load_weights_into reads it off the model).
+    one number or {plugin norm module name: eps} (as a model has them: {name: m.eps for its norms}).
     """
     report = ConversionReport("msra", "plugin")
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
@@ -607,35 +605,3 @@ def convert_from_plugin(state_dict: Mapping[str, Any], to: str, *, layout: Optio
     if to == "msra":
         return plugin_to_msra(state_dict, eps=eps)
     return convert_to_plugin(state_dict, "plugin")
-
-
-def _norm_eps(model: nn.Module) -> Dict[str, float]:
-    """eps of every BatchNorm-like module (those with running statistics), by module name."""
-    return {name: float(m.eps) for name, m in model.named_modules()
-            if hasattr(m, "running_var") and isinstance(getattr(m, "eps", None), float)}
-
-
-def load_weights_into(model: nn.Module, path_or_state_dict, source: str = "auto", *, strict: bool = True
-                      ) -> ConversionReport:
-    """Load weights of any supported naming into a plugin model (ResNet / VGG from create_model).
-
-    path_or_state_dict: a file (read with safe_load.load_file: no code in it runs) or an already loaded dict.
-    source: "auto" (detect by key patterns) or one of FORMATS.
-    strict: raise ValueError (with the report) before touching the model if a source key could not be translated,
-        or a model key would stay unfilled or get the wrong shape. Keys the model does not have (e.g. the
-        classifier when the model is a backbone) are listed as unexpected, never fatal.
-    Returns the ConversionReport; with strict=False, whatever fits is loaded.
-    """
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        checkpoint = load_file(path_or_state_dict)
-    elif isinstance(path_or_state_dict, Mapping):
-        checkpoint = path_or_state_dict
-    else:
-        raise ValueError(f"expected a file path or a state dict, got {type(path_or_state_dict).__name__}")
-    converted, report = convert_to_plugin(checkpoint, source, target=model, eps=_norm_eps(model))
-    if strict and not report.ok:
-        raise ValueError(f"weights do not fit this {type(model).__name__} (strict=True):\n{report}")
-    own = model.state_dict()
-    loadable = {k: v for k, v in converted.items() if k in own and k not in report.shape_mismatches}
-    model.load_state_dict(loadable, strict=False)
-    return report
