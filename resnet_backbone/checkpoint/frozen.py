@@ -1,6 +1,6 @@
 """Frozen layers need weights: the check that runs when weights have been loaded for training.
 
-A frozen parameter (requires_grad False: MODEL.BACKBONE.FREEZE_AT, MODEL.VGG.FREEZE_AT) never changes while
+A frozen parameter (requires_grad False: MODEL.BACKBONE.FREEZE_AT) never changes while
 training, and neither does a FrozenBatchNorm2d, whose affine is a buffer. When MODEL.WEIGHTS did not fill them,
 the detector trains on a random, fixed stem and identity norms and nothing fails: it is just a much worse
 detector. So training refuses to start then, unless random frozen layers are asked for explicitly.
@@ -11,6 +11,8 @@ from typing import Dict, Iterable, List, Optional, Set
 
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
+
+from ..d2.specs import backbone_spec
 
 __all__ = ["check_frozen_layers_loaded", "check_training_weights", "frozen_keys", "loaded_keys"]
 
@@ -84,15 +86,13 @@ def check_frozen_layers_loaded(model: nn.Module, loaded: Iterable[str], *, weigh
 
 
 def _fix_for(cfg) -> str:
-    """The config changes that resolve a refusal, in this config's keys."""
-    vgg = "vgg" in str(cfg.MODEL.BACKBONE.NAME).lower()
-    weights = ("the torchvision VGG-16 ImageNet weights (configs/coco/frcnn_vgg16.yaml)" if vgg else
-               f"the MSRA ImageNet ResNet (detectron2://ImageNetPretrained/MSRA/R-{cfg.MODEL.RESNETS.DEPTH}.pkl)")
-    scratch = ("MODEL.VGG.FREEZE_AT 0" if vgg else "MODEL.BACKBONE.FREEZE_AT 0 MODEL.RESNETS.NORM BN (trainable BN, "
-               "as configs/demo/shapes_small_scale.yaml)")
-    return (f"Fix: set MODEL.WEIGHTS to ImageNet weights, e.g. {weights} (offline: tools/convert_weights.py on a "
-            f"machine with internet access, then the written file); or train from scratch with {scratch}; or, to "
-            "train with random frozen layers on purpose, set MODEL.RB_WEIGHTS.ALLOW_RANDOM_FROZEN True.")
+    """The config changes that resolve a refusal, in this config's keys (its backbone's entry in d2/specs.py)."""
+    spec = backbone_spec(cfg)
+    weights = f"ImageNet weights, e.g. {spec.imagenet_weights_for(cfg)}" if spec else "weights that cover them"
+    scratch = spec.scratch if spec else "MODEL.BACKBONE.FREEZE_AT 0 and trainable norms"
+    return (f"Fix: set MODEL.WEIGHTS to {weights} (offline: tools/convert_weights.py on a machine with internet "
+            f"access, then the written file); or train from scratch with {scratch}; or, to train with random frozen "
+            "layers on purpose, set MODEL.RB_WEIGHTS.ALLOW_RANDOM_FROZEN True.")
 
 
 def check_training_weights(cfg, model: nn.Module, report) -> "OrderedDict[str, List[str]]":

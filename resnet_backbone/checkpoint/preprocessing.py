@@ -15,6 +15,7 @@ import math
 import os
 from typing import Optional
 
+from ..d2.specs import backbone_spec
 from ..data.transforms import Preprocessing
 from .provenance import PROVENANCE, Provenance, provenance_for, write_provenance
 
@@ -45,16 +46,16 @@ def _close(a, b) -> bool:
 
 
 def _network_mismatch(cfg, network: dict) -> list:
-    """What a recognised file name says about the network (KNOWN_SOURCES' groups) against what cfg builds."""
-    backbone = str(cfg.MODEL.BACKBONE.NAME)
-    is_vgg, is_resnet = "vgg" in backbone.lower(), "resnet" in backbone.lower()
+    """What a recognised file name says about the network (KNOWN_SOURCES' groups) against what cfg builds (its
+    backbone's entry in d2/specs.py)."""
+    spec = backbone_spec(cfg)
     arch = network.get("arch") or (f"resnet{network['depth']}" if "depth" in network else None)
-    if arch is None or not (is_vgg or is_resnet):
+    if arch is None or spec is None or arch == spec.arch_for(cfg):
         return []
-    if arch.startswith("vgg") != is_vgg:
-        return [f"MODEL.BACKBONE.NAME is {backbone!r} but the weights are {arch}"]
-    if arch.startswith("resnet") and arch[len("resnet"):].isdigit() and int(arch[len("resnet"):]) != \
-            int(cfg.MODEL.RESNETS.DEPTH):
+    family = "vgg" if arch.startswith("vgg") else "resnet"  # torchvision's resnet*, resnext*, wide_resnet*
+    if family != spec.family:
+        return [f"MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME!r} but the weights are {arch}"]
+    if family == "resnet" and arch[len("resnet"):].isdigit():
         return [f"MODEL.RESNETS.DEPTH is {cfg.MODEL.RESNETS.DEPTH} but the weights are ResNet-{arch[len('resnet'):]}"]
     return []
 
@@ -77,7 +78,8 @@ def check_preprocessing(cfg, weights_path) -> Optional[Preprocessing]:
     want = prov.detectron2_settings()
     have = {"MODEL.PIXEL_MEAN": list(cfg.MODEL.PIXEL_MEAN), "MODEL.PIXEL_STD": list(cfg.MODEL.PIXEL_STD),
             "INPUT.FORMAT": cfg.INPUT.FORMAT}
-    if "MODEL.RESNETS.STRIDE_IN_1X1" in want and "resnet" in str(cfg.MODEL.BACKBONE.NAME).lower():
+    spec = backbone_spec(cfg)
+    if "MODEL.RESNETS.STRIDE_IN_1X1" in want and spec is not None and spec.family == "resnet":
         have["MODEL.RESNETS.STRIDE_IN_1X1"] = bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1)
     bad = []
     for key, value in have.items():

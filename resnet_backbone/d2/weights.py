@@ -19,7 +19,7 @@ from typing import List, Mapping, Tuple
 
 from ..modeling.options import check_choice
 
-__all__ = ["DETECTOR_LAYOUTS", "detector_layout", "map_classifier_to_detector"]
+__all__ = ["DETECTOR_LAYOUTS", "map_classifier_to_detector"]
 
 # layout -> [(regex on the classifier key, replacement)]; the first match wins, no match = unmapped
 DETECTOR_LAYOUTS = {
@@ -29,14 +29,6 @@ DETECTOR_LAYOUTS = {
     "vgg16": [(r"^(conv\d_\d)\.", r"backbone.\1."), (r"^(fc6|fc7)\.", r"roi_heads.box_head.\1.")],
 }
 _BN_COUNTER = "num_batches_tracked"
-
-# registered backbone name -> layout; the C4 head overrides "backbone"
-_BACKBONE_LAYOUTS = {
-    "build_rb_resnet_backbone": "backbone",
-    "build_rb_resnet_fpn_backbone": "fpn",
-    "build_rb_retinanet_resnet_fpn_backbone": "fpn",
-    "build_rb_vgg16_backbone": "vgg16",
-}
 
 
 def map_classifier_to_detector(state_dict: Mapping, layout: str) -> Tuple["OrderedDict", List[str]]:
@@ -59,16 +51,3 @@ def map_classifier_to_detector(state_dict: Mapping, layout: str) -> Tuple["Order
         else:
             unmapped.append(key)
     return mapped, unmapped
-
-
-def detector_layout(cfg) -> str:
-    """The layout of the detector that `cfg` builds (MODEL.BACKBONE.NAME and MODEL.ROI_HEADS.NAME)."""
-    name = cfg.MODEL.BACKBONE.NAME
-    if name not in _BACKBONE_LAYOUTS:
-        raise ValueError(f"MODEL.BACKBONE.NAME {name!r} is not a plugin backbone; allowed: "
-                         f"{', '.join(map(repr, _BACKBONE_LAYOUTS))}")
-    layout = _BACKBONE_LAYOUTS[name]
-    if layout == "backbone" and cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" \
-            and cfg.MODEL.ROI_HEADS.NAME == "RBRes5ROIHeads":
-        layout = "c4"
-    return layout

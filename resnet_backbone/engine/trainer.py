@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from ..utils.atomic import atomic_write_text
 from ..checkpoint.checkpointer import SafeDetectionCheckpointer
 from ..data.checked_mapper import CheckedDatasetMapper
+from ..d2.specs import backbone_spec
 from ..data.resumable_loader import resumable_train_loader_from_cfg
 from .amp import build_step_trainer
 from .resume import preserved_rng
@@ -134,12 +135,10 @@ class Trainer(DefaultTrainer):
 
 
 def backbone_label(cfg) -> str:
-    """A readable name of the detector's backbone, e.g. "ResNet-101", "plain-34" or "VGG-16"."""
-    name = cfg.MODEL.BACKBONE.NAME.lower()
-    if "vgg" in name:
-        return "VGG-16"
-    family = "plain" if cfg.MODEL.RB_RESNET.SHORTCUT == "none" else "ResNet"
-    return f"{family}-{cfg.MODEL.RESNETS.DEPTH}"
+    """A readable name of the detector's backbone, e.g. "ResNet-101", "plain-34" or "VGG-16" (d2/specs.py); the
+    builder's name for a backbone registered elsewhere."""
+    spec = backbone_spec(cfg)
+    return spec.label_for(cfg) if spec is not None else str(cfg.MODEL.BACKBONE.NAME)
 
 
 def write_eval_results(cfg, results, config_file="", path=None):
