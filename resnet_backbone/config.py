@@ -2,9 +2,16 @@
 
 Existing detectron2 keys keep their meaning where they apply: MODEL.RESNETS.{DEPTH, OUT_FEATURES, NORM,
 NUM_GROUPS, WIDTH_PER_GROUP, STRIDE_IN_1X1, RES5_DILATION, STEM_OUT_CHANNELS, RES2_OUT_CHANNELS} and
-MODEL.BACKBONE.FREEZE_AT.
+MODEL.BACKBONE.FREEZE_AT (for every backbone: the number of its stages frozen, d2/specs.py's freeze_stages).
+
+`check_resnet_backbone_config` checks every key added here (KEY_CHECKS, with modeling/options.py's validators) when
+a config loads (engine/config_io.load_config; LazyConfigs through their yacs view): a bad value is a ValueError
+naming the key, the value and what is allowed, before anything is built or trained.
 """
 from detectron2.config import CfgNode as CN
+
+from .modeling.options import (NORM_OPTIONS, SHORTCUT_OPTIONS, check_bool, check_choice, check_int, check_number,
+                               check_path, check_rate, check_sequence)
 
 
 def add_resnet_backbone_config(cfg):
@@ -28,8 +35,9 @@ def add_resnet_backbone_config(cfg):
         _c.VGG = CN()
         # VGG-16 features returned by the backbone (conv5_3 = stride 16, pool5 dropped as in Faster R-CNN)
         _c.VGG.OUT_FEATURES = ["conv5_3"]
-        # number of VGG conv blocks frozen: 2 = conv1_x and conv2_x, as in the Faster R-CNN VGG-16 setup
-        _c.VGG.FREEZE_AT = 2
+        # older spelling of MODEL.BACKBONE.FREEZE_AT for VGG-16 (which counts conv blocks there, 2 = conv1_x and
+        # conv2_x): None = not set; a value must equal MODEL.BACKBONE.FREEZE_AT (checked when the config loads)
+        _c.VGG.FREEZE_AT = None
         # dropout after fc6 and fc7 of the VGG box head (0.5 as in VGG)
         _c.VGG.DROPOUT = 0.5
     if "RB_DEPLOY" not in _c:
@@ -91,8 +99,8 @@ def _pretrain_defaults():
     p.AMP = False
     p.DATASET = CN()
     # "imagenet" (ROOT/{train,val}/<wnid>/*), "cifar10" (ROOT/cifar-10-batches-py) or the embedded generated
-    # sets "generated_imagenet" / "generated_cifar10" / "generated_shapes" (the detection set's shapes x colours as
-    # classes, ImageNet layout; written under ROOT on first use)
+    # sets "generated_imagenet" / "generated_cifar10" / "digits" (scikit-learn's real handwritten digits on cluttered
+    # backgrounds, data/digits.py; ImageNet layout) written under ROOT on first use
     p.DATASET.NAME = "imagenet"
     # data folder; a relative path is taken under $RB_DATASETS (default <repo>/datasets)
     p.DATASET.ROOT = "imagenet"
@@ -100,7 +108,7 @@ def _pretrain_defaults():
     p.DATASET.VAL_SIZE = 0
     # ImageNet folders: skip unreadable images with a warning instead of stopping with an error naming the file
     p.DATASET.SKIP_CORRUPT = False
-    # generated sets only: number of classes (at most 144; generated_shapes: 16)
+    # generated sets only: number of classes (at most 144)
     p.DATASET.GENERATED_NUM_CLASSES = 10
     # generated sets only: training images per class
     p.DATASET.GENERATED_TRAIN_PER_CLASS = 50
@@ -191,3 +199,143 @@ def _pretrain_defaults():
     # VGG-16 detectors through MODEL.WEIGHTS) and its .provenance.json (preprocessing, checked when loaded)
     p.EXPORT = True
     return p
+
+
+def _vgg_features():
+    from .modeling.vgg import vgg_conv_names  # the model's layer list, the one source of the names
+    return tuple(vgg_conv_names())
+
+
+def _choices(module, name):
+    """A tuple of allowed values defined where it is used (imported late: those modules import the config's users)."""
+    import importlib
+    return getattr(importlib.import_module(module, __package__), name)
+
+
+def _positive_int(what, value):
+    return check_int(what, value, 1)
+
+
+def _count(what, value):
+    return check_int(what, value, 0)
+
+
+def _model_name(what, value):
+    return check_choice(what, value, tuple(_choices(".modeling.factory", "list_models")()))
+
+
+_BOOL = check_bool
+_RATE = check_rate
+
+# every key of add_resnet_backbone_config -> check(what, value), raising ValueError naming `what`, the value and what
+# is allowed (tests/test_config_checks.py walks them all with a bad value)
+KEY_CHECKS = {
+    "MODEL.RB_RESNET.SHORTCUT": lambda w, v: check_choice(w, v, SHORTCUT_OPTIONS),
+    "MODEL.RB_RESNET.VARIANT": lambda w, v: check_choice(w, v, _choices(".modeling.resnet", "VARIANTS")),
+    "MODEL.RB_RESNET.DROP_PATH_RATE": _RATE,
+    "MODEL.RB_RESNET.ZERO_INIT_LAST": _BOOL,
+    "MODEL.RB_RESNET.CHANNELS_LAST": lambda w, v: check_choice(w, v, (True, False, "auto")),
+    "MODEL.VGG.OUT_FEATURES": lambda w, v: check_sequence(w, v, lambda w2, f: check_choice(w2, f, _vgg_features()),
+                                                          nonempty=True),
+    "MODEL.VGG.FREEZE_AT": lambda w, v: v if v is None else check_int(w, v, 0, len(_vgg_features())),
+    "MODEL.VGG.DROPOUT": _RATE,
+    "MODEL.RB_DEPLOY.FUSE_BN": _BOOL,
+    "MODEL.RB_DEPLOY.CHANNELS_LAST": _BOOL,
+    "MODEL.RB_DEPLOY.ONEDNN": _BOOL,
+    "MODEL.RB_DEPLOY.WINOGRAD": _BOOL,
+    "MODEL.RB_DEPLOY.KERNELS": lambda w, v: check_choice(w, v, _choices(".deploy.kernels", "MODES")),
+    "MODEL.RB_DEPLOY.COMPILE": _BOOL,
+    "MODEL.RB_DEPLOY.PRECISION": lambda w, v: check_choice(w, v, _choices(".deploy.precision", "PRECISIONS")),
+    "MODEL.RB_WEIGHTS.ALLOW_PARTIAL": _BOOL,
+    "MODEL.RB_WEIGHTS.CHECK_PREPROCESSING": _BOOL,
+    "MODEL.RB_WEIGHTS.ALLOW_RANDOM_FROZEN": _BOOL,
+    "RB_TRAIN.LOG_PERIOD": _positive_int,
+    "RB_TRAIN.SKIP_UNREADABLE_IMAGES": _BOOL,
+    "PRETRAIN.MODEL": _model_name,
+    "PRETRAIN.NUM_CLASSES": _count,
+    "PRETRAIN.SHORTCUT": lambda w, v: check_choice(w, v, ("", "A", "B", "C")),
+    "PRETRAIN.NORM": lambda w, v: check_choice(w, v, tuple(n for n in NORM_OPTIONS if n)),
+    "PRETRAIN.AMP": _BOOL,
+    "PRETRAIN.DATASET.NAME": lambda w, v: check_choice(w, v, tuple(_choices(".data.classification_sets",
+                                                                            "DATASETS"))),
+    "PRETRAIN.DATASET.ROOT": check_path,
+    "PRETRAIN.DATASET.VAL_SIZE": _count,
+    "PRETRAIN.DATASET.SKIP_CORRUPT": _BOOL,
+    "PRETRAIN.DATASET.GENERATED_NUM_CLASSES": lambda w, v: check_int(
+        w, v, 2, _choices(".data.synthetic_classification", "MAX_CLASSES")),
+    "PRETRAIN.DATASET.GENERATED_TRAIN_PER_CLASS": _positive_int,
+    "PRETRAIN.DATASET.GENERATED_VAL_PER_CLASS": _positive_int,
+    "PRETRAIN.DATASET.GENERATED_SEED": lambda w, v: check_int(w, v, 0, 2**32 - 1),  # numpy's 32-bit seeds
+    "PRETRAIN.INPUT.SCALE": lambda w, v: check_sequence(w, v, lambda w2, s: check_int(w2, s, 1), 2),
+    "PRETRAIN.INPUT.CROP_SIZE": _positive_int,
+    "PRETRAIN.INPUT.TEST_RESIZE": _positive_int,
+    "PRETRAIN.INPUT.LIGHTING_STD": lambda w, v: check_number(w, v, 0),
+    "PRETRAIN.INPUT.CIFAR_PADDING": _count,
+    "PRETRAIN.INPUT.FLIP": _BOOL,
+    "PRETRAIN.INPUT.PIXEL_MEAN": lambda w, v: check_sequence(w, v, check_number, 3),
+    "PRETRAIN.INPUT.PIXEL_STD": lambda w, v: check_sequence(w, v, lambda w2, s: check_number(w2, s, 0, above=True), 3),
+    "PRETRAIN.INPUT.FORMAT": lambda w, v: check_choice(w, v, ("BGR", "RGB")),
+    "PRETRAIN.SOLVER.IMS_PER_BATCH": _positive_int,
+    "PRETRAIN.SOLVER.BASE_LR": lambda w, v: check_number(w, v, 0, above=True),
+    "PRETRAIN.SOLVER.REFERENCE_BATCH": _positive_int,
+    "PRETRAIN.SOLVER.MOMENTUM": _RATE,
+    "PRETRAIN.SOLVER.WEIGHT_DECAY": lambda w, v: check_number(w, v, 0),
+    "PRETRAIN.SOLVER.NESTEROV": _BOOL,
+    "PRETRAIN.SOLVER.LR_SCHEDULER": lambda w, v: check_choice(w, v, _choices(".engine.pretrain.schedule",
+                                                                             "SCHEDULERS")),
+    "PRETRAIN.SOLVER.STEPS": lambda w, v: check_sequence(w, v, lambda w2, s: check_int(w2, s, 1), increasing=True),
+    "PRETRAIN.SOLVER.GAMMA": lambda w, v: check_number(w, v, 0, 1, above=True),
+    "PRETRAIN.SOLVER.MAX_ITER": _positive_int,
+    "PRETRAIN.SOLVER.PLATEAU_PATIENCE": _positive_int,
+    "PRETRAIN.SOLVER.PLATEAU_THRESHOLD": lambda w, v: check_number(w, v, 0),
+    "PRETRAIN.SOLVER.PLATEAU_MAX_DROPS": _count,
+    "PRETRAIN.SOLVER.WARMUP_ITERS": _count,
+    "PRETRAIN.SOLVER.WARMUP_FACTOR": lambda w, v: check_number(w, v, 0, 1, above=True),
+    "PRETRAIN.SOLVER.WARMUP_UNTIL_ERROR": lambda w, v: check_number(w, v, 0, 1),
+    "PRETRAIN.NUM_WORKERS": _count,
+    "PRETRAIN.LOG_PERIOD": _positive_int,
+    "PRETRAIN.CHECKPOINT_PERIOD": _positive_int,
+    "PRETRAIN.KEEP_CHECKPOINTS": _count,
+    "PRETRAIN.EVAL_PERIOD": _count,
+    "PRETRAIN.TEST.IMS_PER_BATCH": _positive_int,
+    "PRETRAIN.TEST.TEN_CROP": _BOOL,
+    "PRETRAIN.PRECISE_BN.ENABLED": _BOOL,
+    "PRETRAIN.PRECISE_BN.NUM_ITER": _positive_int,
+    "PRETRAIN.EXPORT": _BOOL,
+}
+
+
+def _value(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def backbone_freeze_at(cfg) -> int:
+    """MODEL.BACKBONE.FREEZE_AT, the one freeze key: the number of the backbone's stages frozen (d2/specs.py's
+    freeze_stages: stem, res2..res5 for ResNets; conv1..conv5 for VGG-16). MODEL.VGG.FREEZE_AT, its older VGG-16
+    spelling, may only repeat it."""
+    from .d2.specs import backbone_spec  # d2/ imports this module
+
+    freeze_at, alias = cfg.MODEL.BACKBONE.FREEZE_AT, cfg.MODEL.VGG.FREEZE_AT
+    spec = backbone_spec(cfg)
+    if spec is not None:
+        what = f"MODEL.BACKBONE.FREEZE_AT (frozen stages of {spec.label_for(cfg)}: {', '.join(spec.freeze_stages)})"
+        check_int(what, freeze_at, 0, len(spec.freeze_stages))
+    if alias is not None and alias != freeze_at:
+        raise ValueError(f"MODEL.VGG.FREEZE_AT is {alias!r} but MODEL.BACKBONE.FREEZE_AT is {freeze_at!r}: "
+                         f"MODEL.VGG.FREEZE_AT is an older name of MODEL.BACKBONE.FREEZE_AT (for VGG-16 the number of "
+                         f"conv blocks frozen); allowed: None or {freeze_at!r}. Set MODEL.BACKBONE.FREEZE_AT only.")
+    return freeze_at
+
+
+def check_resnet_backbone_config(cfg, spelled=None):
+    """Check every key of add_resnet_backbone_config in ``cfg`` (KEY_CHECKS) and the freeze key against the
+    backbone's stages; ValueError names the key, the value and what is allowed. ``spelled``: {key: the name the
+    user wrote it under}, for configs of another form (a LazyConfig's train.log_period)."""
+    spelled = spelled or {}
+    for key, check in KEY_CHECKS.items():
+        check(spelled.get(key, key), _value(cfg, key))
+    backbone_freeze_at(cfg)
+    return cfg

@@ -17,10 +17,12 @@ import resnet_backbone
 from resnet_backbone.d2.backbones import (build_rb_resnet_backbone, build_rb_resnet_fpn_backbone,
                                           build_rb_retinanet_resnet_fpn_backbone, build_rb_vgg16_backbone)
 from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead
-from resnet_backbone.d2.weights import detector_layout, map_classifier_to_detector
+from resnet_backbone.d2.weights import map_classifier_to_detector
 from resnet_backbone.modeling import ResNet
 from resnet_backbone.modeling.blocks import BasicBlock, BottleneckBlock
 from resnet_backbone.modeling.norms import FrozenBatchNorm2d as PluginFrozenBN
+
+from conftest import REPO
 
 RGB = ShapeSpec(channels=3)
 ALL_STAGES = ["stem", "res2", "res3", "res4", "res5"]
@@ -217,7 +219,7 @@ def test_detection_default_is_frozen_bn_and_freeze_at_2():
     (dict(depth=42), "depth"),
     (dict(rb_shortcut="D"), "shortcut"),
     (dict(out_features=["res6"]), "res6"),
-    (dict(freeze_at=7), "freeze_at"),
+    (dict(freeze_at=7), "MODEL.BACKBONE.FREEZE_AT"),
     (dict(norm="LN"), "norm"),
     (dict(deform_on_per_stage=[False, False, True, False]), "DEFORM_ON_PER_STAGE"),
 ])
@@ -287,7 +289,7 @@ def test_vgg16_backbone_and_box_head_load_torchvision_vgg16():
     cfg = make_cfg()
     backbone = build_rb_vgg16_backbone(cfg, RGB)
     assert backbone.output_shape() == {"conv5_3": ShapeSpec(channels=512, stride=16)}
-    for name, p in backbone.named_parameters():  # conv1_x and conv2_x frozen by default (MODEL.VGG.FREEZE_AT 2)
+    for name, p in backbone.named_parameters():  # conv1_x and conv2_x frozen by default (FREEZE_AT 2, detectron2's)
         assert p.requires_grad == (name[4] not in "12"), name
     head = RBVGG16FCHead(cfg, ShapeSpec(channels=512, height=7, width=7))
     assert head.output_shape.channels == 4096
@@ -312,20 +314,60 @@ def test_vgg16_backbone_and_box_head_load_torchvision_vgg16():
     torch.testing.assert_close(head(pooled), tv.classifier[:5](torch.flatten(pooled, 1)), rtol=1e-4, atol=1e-4)
 
 
-def test_detector_layout_from_cfg():
-    cfg = make_cfg()
-    cfg.MODEL.BACKBONE.NAME = "build_rb_resnet_backbone"
-    cfg.MODEL.ROI_HEADS.NAME = "RBRes5ROIHeads"
-    assert detector_layout(cfg) == "c4"
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    assert detector_layout(cfg) == "backbone"
-    cfg.MODEL.BACKBONE.NAME = "build_rb_retinanet_resnet_fpn_backbone"
-    assert detector_layout(cfg) == "fpn"
-    cfg.MODEL.BACKBONE.NAME = "build_rb_vgg16_backbone"
-    assert detector_layout(cfg) == "vgg16"
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"  # detectron2's own
-    with pytest.raises(ValueError, match="build_resnet_backbone"):
-        detector_layout(cfg)
+def _vgg16_block_params(blocks):
+    """Parameters of VGG-16's first `blocks` conv blocks, from configuration D of the VGG paper (Table 1): 3x3 convs
+    with biases; the layer list written out here, not read from the model."""
+    widths = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+    total, in_c = 0, 3
+    for block in widths[:blocks]:
+        for out_c in block:
+            total += in_c * out_c * 9 + out_c
+            in_c = out_c
+    return total
+
+
+@pytest.mark.parametrize("freeze_at", range(6))
+def test_backbone_freeze_at_counts_vgg16_conv_blocks(freeze_at):
+    """MODEL.BACKBONE.FREEZE_AT means for VGG-16 what it means for ResNets, stages frozen: here conv blocks (it was
+    ignored: FREEZE_AT 5 froze what 0 froze, conv1-2, through a VGG-only key)."""
+    from resnet_backbone.engine.config_io import load_config
+
+    cfg = load_config(str(REPO / "configs/coco/frcnn_vgg16.yaml"),
+                      ["MODEL.BACKBONE.FREEZE_AT", str(freeze_at), "MODEL.DEVICE", "cpu"])
+    backbone = build_rb_vgg16_backbone(cfg, RGB)
+    frozen = [name for name, p in backbone.named_parameters() if not p.requires_grad]
+    assert sum(p.numel() for p in backbone.parameters() if not p.requires_grad) == _vgg16_block_params(freeze_at)
+    assert sorted({name.split("_")[0] for name in frozen}) == [f"conv{b}" for b in range(1, freeze_at + 1)]
+
+
+@pytest.mark.parametrize("config", ["coco/frcnn_vgg16.yaml", "voc/frcnn_vgg16.yaml"])
+def test_shipped_vgg16_configs_freeze_conv1_and_conv2(config):
+    """The paper's VGG-16 detector fixes conv1_x and conv2_x (Faster R-CNN, following Fast R-CNN Sec 4.5)."""
+    from resnet_backbone.engine.config_io import load_config
+
+    cfg = load_config(str(REPO / "configs" / config), ["MODEL.DEVICE", "cpu"])
+    backbone = build_rb_vgg16_backbone(cfg, RGB)
+    assert {n.split(".")[0] for n, p in backbone.named_parameters() if not p.requires_grad} == \
+        {"conv1_1", "conv1_2", "conv2_1", "conv2_2"}
+
+
+def test_vgg_freeze_at_alias_refuses_to_disagree():
+    """MODEL.VGG.FREEZE_AT, the older VGG-16 spelling, is accepted only when it says what MODEL.BACKBONE.FREEZE_AT
+    says, so no config can mean two things."""
+    from resnet_backbone.engine.config_io import load_config
+
+    config = str(REPO / "configs/coco/frcnn_vgg16.yaml")
+    same = load_config(config, ["MODEL.BACKBONE.FREEZE_AT", "3", "MODEL.VGG.FREEZE_AT", "3", "MODEL.DEVICE", "cpu"])
+    assert sum(not p.requires_grad for p in build_rb_vgg16_backbone(same, RGB).parameters()) == 2 * (2 + 2 + 3)  # weight + bias of conv1_1 .. conv3_3
+    with pytest.raises(ValueError, match=r"MODEL.VGG.FREEZE_AT is 0 but MODEL.BACKBONE.FREEZE_AT is 2"):
+        load_config(config, ["MODEL.VGG.FREEZE_AT", "0"])
+    same.defrost()
+    same.MODEL.VGG.FREEZE_AT = 4  # set after loading: the builder refuses too
+    with pytest.raises(ValueError, match="MODEL.VGG.FREEZE_AT is 4"):
+        build_rb_vgg16_backbone(same, RGB)
+
+
+def test_unknown_detector_layout_is_refused():
     with pytest.raises(ValueError, match="layout"):
         map_classifier_to_detector({}, "c5")
 

@@ -15,7 +15,7 @@ from resnet_backbone.engine.overrides import load_override_sections, overrides_t
 
 OVERRIDES = REPO / "configs" / "demo" / "shapes_small_scale.yaml"
 # the detection recipe of the paper's configs that fine-tuning keeps (issue: only the scale may change)
-RECIPE_KEYS = ("MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT", "MODEL.VGG.FREEZE_AT", "MODEL.RESNETS.STRIDE_IN_1X1",
+RECIPE_KEYS = ("MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.STRIDE_IN_1X1",
                "MODEL.RB_RESNET.SHORTCUT", "MODEL.RB_RESNET.ZERO_INIT_LAST", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD",
                "INPUT.FORMAT", "MODEL.VGG.DROPOUT", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
                "MODEL.RPN.IOU_THRESHOLDS", "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.IOU_THRESHOLDS",
@@ -45,7 +45,7 @@ def test_fine_tuning_keeps_the_papers_detection_recipe(config, section):
     s_paper, s_demo = paper.SOLVER, demo.SOLVER
     assert math.isclose(s_demo.BASE_LR / s_demo.IMS_PER_BATCH, s_paper.BASE_LR / s_paper.IMS_PER_BATCH)
     assert math.isclose(s_demo.STEPS[0] / s_demo.MAX_ITER, s_paper.STEPS[0] / s_paper.MAX_ITER, rel_tol=0.01)
-    assert demo.MODEL.RESNETS.NORM == "FrozenBN" if "r101" in config else demo.MODEL.VGG.FREEZE_AT == 2
+    assert demo.MODEL.RESNETS.NORM == "FrozenBN" if "r101" in config else demo.MODEL.BACKBONE.FREEZE_AT == 2
 
 
 def test_pretraining_keeps_the_papers_classification_recipe():

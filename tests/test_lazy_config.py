@@ -109,7 +109,7 @@ def test_named_settings_agree(twins):
     name, ycfg, ymodel, lcfg, lmodel = twins
     net = bottom_up(lmodel)
     if "vgg" in name:
-        assert ycfg.MODEL.VGG.FREEZE_AT == 2
+        assert ycfg.MODEL.BACKBONE.FREEZE_AT == 2
         assert not net.conv2_2.weight.requires_grad and net.conv3_1.weight.requires_grad
     else:
         assert net.depth == ycfg.MODEL.RESNETS.DEPTH == 101

@@ -341,7 +341,7 @@ def test_training_refuses_frozen_layers_without_weights(config):
     if "vgg" in config:
         for stage in ("backbone.conv1_1", "backbone.conv2_2"):
             assert stage in message
-        assert "backbone.conv3_1" not in message and "MODEL.VGG.FREEZE_AT 0" in message
+        assert "backbone.conv3_1" not in message and "MODEL.BACKBONE.FREEZE_AT 0" in message
         assert "torchvision" in message
     else:
         prefix = "backbone.bottom_up." if "fpn" in config else "backbone."

@@ -7,13 +7,14 @@ Registered names (prefixed "rb" so detectron2's own `build_resnet_backbone` etc.
 Config keys read (detectron2's keys keep their meaning):
   MODEL.RESNETS.{DEPTH, OUT_FEATURES, NORM, STRIDE_IN_1X1, NUM_GROUPS, WIDTH_PER_GROUP, RES5_DILATION,
   STEM_OUT_CHANNELS, RES2_OUT_CHANNELS}, MODEL.BACKBONE.FREEZE_AT, MODEL.FPN.*, and the plugin's
-  MODEL.RB_RESNET.{SHORTCUT, VARIANT, DROP_PATH_RATE, ZERO_INIT_LAST, CHANNELS_LAST}, MODEL.VGG.{OUT_FEATURES,
-  FREEZE_AT}.
+  MODEL.RB_RESNET.{SHORTCUT, VARIANT, DROP_PATH_RATE, ZERO_INIT_LAST, CHANNELS_LAST}, MODEL.VGG.OUT_FEATURES.
+MODEL.BACKBONE.FREEZE_AT counts stages for every backbone (d2/specs.py: stem, res2..res5; VGG-16's conv blocks).
 """
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
+from ..config import backbone_freeze_at
 from ..deploy.layout import channels_last_helps
 from ..modeling.options import check_choice
 from ..modeling.resnet import ResNet, resnet_stage_specs, stage_options
@@ -71,7 +72,7 @@ def build_rb_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     (no gradients, BatchNorm turned into FrozenBatchNorm2d), as in detectron2.
     """
     return ResNet(**resnet_options_from_cfg(cfg), out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES),
-                  freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, in_channels=input_shape.channels,
+                  freeze_at=backbone_freeze_at(cfg), in_channels=input_shape.channels,
                   channels_last=channels_last_from_cfg(cfg))
 
 
@@ -112,9 +113,9 @@ def build_rb_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
 
 
 def build_rb_vgg16_backbone(cfg, input_shape: ShapeSpec) -> VGG:
-    """VGG-16 up to conv5_3 (stride 16, pool5 dropped as in Faster R-CNN); MODEL.VGG.FREEZE_AT conv blocks frozen
-    (2 = conv1_x and conv2_x, as in the Faster R-CNN VGG-16 setup)."""
-    return VGG(out_features=list(cfg.MODEL.VGG.OUT_FEATURES), freeze_at=cfg.MODEL.VGG.FREEZE_AT,
+    """VGG-16 up to conv5_3 (stride 16, pool5 dropped as in Faster R-CNN); MODEL.BACKBONE.FREEZE_AT conv blocks
+    frozen (2 = conv1_x and conv2_x, as in the Faster R-CNN VGG-16 setup)."""
+    return VGG(out_features=list(cfg.MODEL.VGG.OUT_FEATURES), freeze_at=backbone_freeze_at(cfg),
                in_channels=input_shape.channels)
 
 

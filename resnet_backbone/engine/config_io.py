@@ -4,7 +4,7 @@ import os
 
 from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_resnet_backbone_config
+from ..config import add_resnet_backbone_config, check_resnet_backbone_config
 
 
 def _all_keys(node, prefix=""):
@@ -48,7 +48,7 @@ def load_config(config_file: str, opts=None) -> CfgNode:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as e:
         raise _explain_key_error(cfg, e, "the command-line overrides") from None
-    return cfg
+    return check_resnet_backbone_config(cfg)  # every plugin key's value, before anything is built
 
 
 def check_device(device: str):

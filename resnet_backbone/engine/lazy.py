@@ -19,7 +19,8 @@ from typing import List, Sequence
 from detectron2.config import CfgNode, LazyConfig, get_cfg
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import add_resnet_backbone_config
+from ..config import add_resnet_backbone_config, check_resnet_backbone_config
+from ..d2.specs import lazy_backbone_spec
 from .trainer import build_detection_evaluator
 
 __all__ = ["LAZY_KEYS", "detection_evaluator", "dataset_names", "lazy_key", "lazy_keys_named", "load_lazy_config",
@@ -91,6 +92,10 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()):
         _check_override_key(cfg, key)
         OmegaConf.update(cfg, key, value, merge=True)
     _check_plugin_keys(cfg, path)
+    try:  # the plugin's key checks (config.py), on what the LazyConfig says about those keys
+        check_resnet_backbone_config(yacs_view(cfg))
+    except ValueError as e:
+        raise ValueError(f"{e} (in this LazyConfig: {lazy_keys_named(cfg, str(e))})") from None
     return cfg
 
 
@@ -132,6 +137,8 @@ LAZY_KEYS = {
     "DATASETS.TRAIN": "dataloader.train.dataset.names",
     "DATASETS.TEST": "dataloader.test.dataset.names",
     "MODEL.BACKBONE.NAME": "{net}._target_",
+    "MODEL.BACKBONE.FREEZE_AT": "{net}.freeze_at",
+    "RB_TRAIN.LOG_PERIOD": "train.log_period",
     "MODEL.RESNETS.DEPTH": "{net}.depth",
     "MODEL.RESNETS.NORM": "{net}.norm",
     "MODEL.RESNETS.STRIDE_IN_1X1": "{net}.stride_in_1x1",
@@ -183,21 +190,17 @@ def yacs_view(cfg) -> CfgNode:
     view.INPUT.FORMAT = model.input_format
     backbone = model.backbone
     net = OmegaConf.select(cfg, _net_key(cfg))
-    kind = _target_name(net)
-    if kind == "VGG":
-        view.MODEL.BACKBONE.NAME = "build_rb_vgg16_backbone"
-    elif kind == "ResNet":
-        top = _target_name(backbone.top_block) if "top_block" in backbone else ""
-        view.MODEL.BACKBONE.NAME = ("build_rb_resnet_backbone" if "bottom_up" not in backbone else
-                                    "build_rb_retinanet_resnet_fpn_backbone" if top == "LastLevelP6P7" else
-                                    "build_rb_resnet_fpn_backbone")
+    top = _target_name(backbone.top_block) if "bottom_up" in backbone and "top_block" in backbone else None
+    spec = lazy_backbone_spec(_target_name(net), top)  # d2/specs.py: which builder the YAML twin names
+    view.MODEL.BACKBONE.NAME = spec.name if spec is not None else _target_name(net)
+    view.MODEL.BACKBONE.FREEZE_AT = net.freeze_at
+    view.RB_TRAIN.LOG_PERIOD = train.log_period
+    if spec is not None and spec.family == "resnet":
         view.MODEL.RESNETS.DEPTH = int(net.depth)
         view.MODEL.RESNETS.NORM = net.norm
         view.MODEL.RESNETS.STRIDE_IN_1X1 = bool(net.stride_in_1x1)
         view.MODEL.RB_RESNET.SHORTCUT = net.shortcut or "B"
         view.MODEL.RB_RESNET.VARIANT = net.variant
-    else:
-        view.MODEL.BACKBONE.NAME = kind
     view.MODEL.MASK_ON = "roi_heads" in model and model.roi_heads.get("mask_head") is not None
     view.DATASETS.TRAIN = tuple(dataset_names(cfg.dataloader.train.dataset.names))
     view.DATASETS.TEST = tuple(dataset_names(cfg.dataloader.test.dataset.names))
