@@ -111,11 +111,10 @@ def prepare(setup_env, src: Path, workdir: Path) -> Path:
 def run(root: Path, mode: str, workdir: Path) -> dict:
     report = workdir / f"{mode}.json"
     env = dict(os.environ, RB_D2_CLIENT_MODE=mode, RB_D2_CLIENT_REPORT=str(report),
+               RB_D2_CLIENT_DESELECT="\n".join(DESELECTED),
                PYTHONPATH=os.pathsep.join(filter(None, [str(root), str(CLIENT), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "pytest", "-c", "pytest.ini", "-p", "rb_substitute", "-p", "no:cacheprovider",
            "-q", "-rfE", "--tb=short", "--disable-warnings", *TAKEN, C4_CASES]
-    for nodeid in DESELECTED:
-        cmd += ["--deselect", nodeid]
     log(f"{mode} run: {'detectron2 own backbones' if mode == 'baseline' else 'plugin builders substituted'}")
     t0 = time.time()
     res = subprocess.run(cmd, cwd=root, env=env)

@@ -1,7 +1,7 @@
 """pytest plugin for tools/d2_client_tests.py: detectron2's own tests, run as a client of the plugin.
 
 Loaded with `-p rb_substitute` (tools/d2_client on PYTHONPATH), so it acts before detectron2's test modules are
-imported. RB_D2_CLIENT_MODE picks what it does:
+imported. RB_D2_CLIENT_MODE picks what it does (RB_D2_CLIENT_DESELECT: node ids not taken, one a line):
 
 * "substitute": the plugin's builders take the place of detectron2's. Every `get_cfg` returns a config with
   `add_resnet_backbone_config` applied; detectron2's registry entries build_resnet_backbone /
@@ -136,6 +136,18 @@ def _substitute():
 
 if MODE == "substitute":
     _substitute()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect RB_D2_CLIENT_DESELECT's node ids (one a line): a test, or all of a class or file (pytest's
+    --deselect matches any prefix, so test_rpn would take test_rpn_scriptability with it)."""
+    ids = [i for i in os.environ.get("RB_D2_CLIENT_DESELECT", "").splitlines() if i]
+    if not ids:
+        return
+    dropped = [it for it in items if any(it.nodeid == i or it.nodeid.startswith(i + "::") for i in ids)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [it for it in items if it not in dropped]
 
 
 def pytest_runtest_logstart(nodeid, location):
