@@ -1,7 +1,6 @@
-"""The setup step is idempotent: a second run installs nothing and finishes quickly."""
+"""The setup step is idempotent: a second run installs and builds nothing."""
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,13 +10,12 @@ pytestmark = pytest.mark.v06
 
 
 def test_second_setup_run_changes_nothing():
-    t0 = time.time()
+    # what it does, not how long it takes (a wall-clock bound fails on a busy machine and passes a slow no-op)
     res = subprocess.run([sys.executable, str(REPO / "tools" / "setup_env.py")], capture_output=True, text=True)
-    elapsed = time.time() - t0
     assert res.returncode == 0, res.stdout + res.stderr
     assert "environment ready" in res.stdout
     assert "$ " not in res.stdout, f"setup ran pip although everything was installed:\n{res.stdout}"
-    assert elapsed < 60
+    assert "building detectron2" not in res.stdout, res.stdout
 
 
 def test_setup_failure_names_the_step(monkeypatch, capsys):
