@@ -11,7 +11,7 @@ from .d2.backbones import build_rb_resnet_backbone as build_resnet_backbone
 from .d2.backbones import build_rb_resnet_fpn_backbone as build_resnet_fpn_backbone
 from .d2.backbones import build_rb_retinanet_resnet_fpn_backbone as build_retinanet_resnet_fpn_backbone
 from .d2.backbones import build_rb_vgg16_backbone as build_vgg16_backbone
-from .d2.weights import detector_layout, map_classifier_to_detector
+from .d2.weights import map_classifier_to_detector
 from .torchvision_adapter import TorchvisionBackbone, torchvision_faster_rcnn
 
 __version__ = "0.1.0"
@@ -24,7 +24,6 @@ __all__ = [
     "build_resnet_fpn_backbone",
     "build_retinanet_resnet_fpn_backbone",
     "build_vgg16_backbone",
-    "detector_layout",
     "map_classifier_to_detector",
     "TorchvisionBackbone",
     "torchvision_faster_rcnn",

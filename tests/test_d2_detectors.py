@@ -17,12 +17,14 @@ from torch import nn
 
 import resnet_backbone
 from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead
-from resnet_backbone.d2.weights import detector_layout, map_classifier_to_detector
+from resnet_backbone.d2.weights import map_classifier_to_detector
 from resnet_backbone.modeling import VGG, ResNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 128, 160
-CONFIGS = ["frcnn_r101", "frcnn_vgg16", "mask_rcnn_r101_fpn", "retinanet_r101_fpn"]
+# each config and where a plugin classifier's weights go in its detector (d2/weights.py's DETECTOR_LAYOUTS)
+LAYOUTS = {"frcnn_r101": "c4", "frcnn_vgg16": "vgg16", "mask_rcnn_r101_fpn": "fpn", "retinanet_r101_fpn": "fpn"}
+CONFIGS = list(LAYOUTS)
 
 
 def load_cfg(name):
@@ -63,7 +65,7 @@ def detector(request, r101_classifier_state):
     cfg = load_cfg(request.param)
     model = build_model(cfg)
     classifier_state = (VGG(num_classes=1000).state_dict() if "vgg" in request.param else r101_classifier_state)
-    mapped, unmapped = map_classifier_to_detector(classifier_state, detector_layout(cfg))
+    mapped, unmapped = map_classifier_to_detector(classifier_state, LAYOUTS[request.param])
     load = model.load_state_dict(mapped, strict=False)
     return request.param, cfg, model, load, unmapped
 

@@ -25,7 +25,7 @@ pytest.importorskip("detectron2.export", reason="this detectron2's export module
 import resnet_backbone
 from resnet_backbone.d2.backbones import build_rb_resnet_fpn_backbone, build_rb_retinanet_resnet_fpn_backbone
 from resnet_backbone.d2.roi_heads import RBVGG16FCHead, res5_head_stage
-from resnet_backbone.d2.weights import detector_layout, map_classifier_to_detector
+from resnet_backbone.d2.weights import map_classifier_to_detector
 from resnet_backbone.deploy import prepare_for_inference
 from resnet_backbone.engine.config_io import load_config
 from resnet_backbone.engine import runtimes
@@ -157,7 +157,8 @@ class DetectorWeights(dict):
             with torch.no_grad():
                 classifier.train()(torch.randint(0, 256, (2, 3, 64, 96)).float()
                                    - torch.tensor(cfg.MODEL.PIXEL_MEAN).view(3, 1, 1))
-        mapped, _ = map_classifier_to_detector(classifier.state_dict(), detector_layout(cfg))
+        layout = {"frcnn_r101": "c4", "frcnn_vgg16": "vgg16"}[name]  # d2/weights.py's DETECTOR_LAYOUTS
+        mapped, _ = map_classifier_to_detector(classifier.state_dict(), layout)
         assert not model.load_state_dict(mapped, strict=False).unexpected_keys
         self[name] = self.folder / f"{name}.pth"
         torch.save({"model": model.state_dict()}, self[name])
