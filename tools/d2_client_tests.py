@@ -180,7 +180,8 @@ def main(argv=None):
     problems = compare(base, plugin)
     outcomes_b = Counter(t["outcome"] for t in base["tests"].values())
     outcomes_p = Counter(t["outcome"] for t in plugin["tests"].values())
-    built = ", ".join(f"{k[len('plugin:'):]} {v}" for k, v in sorted(plugin["totals"].items()) if k.startswith("plugin:"))
+    built = ", ".join(f"{k[len('plugin:'):]} {v}" for k, v in sorted(plugin["totals"].items())
+                      if k.startswith("plugin:"))
     log(f"detectron2 own backbones: {outcomes_b['passed']} passed, {outcomes_b['failed'] + outcomes_b['error']} "
         f"failed, {outcomes_b['skipped']} skipped")
     log(f"plugin backbones:         {outcomes_p['passed']} passed, {outcomes_p['failed'] + outcomes_p['error']} "

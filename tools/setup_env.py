@@ -144,11 +144,17 @@ def detectron2_is_v06():
     return dist_version("pb1-detectron2") is not None or V06_MARKER in res.stdout
 
 
+# a model-zoo config that detectron2 main and v0.6 both ship inside the package
+MODEL_ZOO_PROBE = "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"
+READY = "detectron2.engine, collect_env_info, detectron2.model_zoo and its configs"
+
+
 def detectron2_ready():
     # engine imports evaluation, which imports detectron2._C; default_setup runs collect_env_info; model_zoo
-    # (get_config, how detectron2's tutorials and tests start) needs pkg_resources
+    # (get_config, how detectron2's tutorials and tests start) needs pkg_resources and its configs installed
     return importable("detectron2.engine, detectron2.model_zoo; "
-                      "from detectron2.utils.collect_env import collect_env_info as c; c()")
+                      "from detectron2.utils.collect_env import collect_env_info as c; c(); "
+                      f"detectron2.model_zoo.get_config_file({MODEL_ZOO_PROBE!r})")
 
 
 def pin_setuptools(_workdir):
@@ -187,6 +193,12 @@ def build_v06(workdir, rebuild=False):
     if not (csrc / "vision.cpp").exists():
         (csrc / "vision.cpp").write_text(EMPTY_EXT)
         log(f"added {csrc / 'vision.cpp'} (no compiled ops)")
+    # v0.6's setup.py installs the model-zoo configs from a top-level configs/ (a git checkout's layout, globbed
+    # relative to it); the sdist carries them only in detectron2/model_zoo/configs, so without this copy
+    # model_zoo.get_config finds none
+    if not (src / "configs").exists():
+        shutil.copytree(src / "detectron2" / "model_zoo" / "configs", src / "configs")
+        log("copied detectron2/model_zoo/configs to configs/ (where v0.6's setup.py takes the model-zoo configs from)")
     extra = ["--force-reinstall", "--no-deps"] if rebuild else []
     pip("--no-build-isolation", *extra, str(src), constraints=cons)
 
@@ -298,7 +310,7 @@ def install_local_source(src: Path, workdir):
     pip(str(wheels[0]))
     ok, err = detectron2_ready()
     if not ok:
-        raise StepError(f"detectron2 built from {src} installed, but `import detectron2.engine` fails: {err}")
+        raise StepError(f"detectron2 built from {src} installed, but not usable ({READY}): {err}")
 
 
 def step_detectron2(workdir, source=None):
@@ -311,7 +323,7 @@ def step_detectron2(workdir, source=None):
         log(f"detectron2 {dist_version('detectron2') or dist_version('pb1-detectron2')}: present")
         return
     if importable("detectron2")[0]:
-        log(f"detectron2 is installed but detectron2.engine does not import: {err}")
+        log(f"detectron2 is installed but not usable ({READY}): {err}")
         if detectron2_is_v06():
             log("re-applying the v0.6 pins")
             pip(*V06_PINS, constraints=v06_constraints(workdir))
@@ -329,7 +341,7 @@ def step_detectron2(workdir, source=None):
     build_v06(workdir)
     ok, err = detectron2_ready()
     if not ok:
-        raise StepError(f"detectron2 built but `import detectron2.engine` fails: {err}")
+        raise StepError(f"detectron2 built but not usable ({READY}): {err}")
 
 
 def pinned_versions_ok(v06):

@@ -32,7 +32,8 @@ from detectron2.modeling.roi_heads import Res5ROIHeads
 
 MODE = os.environ.get("RB_D2_CLIENT_MODE", "")
 if MODE not in ("baseline", "substitute"):
-    raise ValueError(f"RB_D2_CLIENT_MODE={MODE!r}: allowed 'baseline' or 'substitute' (set by tools/d2_client_tests.py)")
+    raise ValueError(f"RB_D2_CLIENT_MODE={MODE!r}: allowed 'baseline' or 'substitute' "
+                     "(set by tools/d2_client_tests.py)")
 
 _current = Counter()   # this test's counts
 _total = Counter()     # the session's
