@@ -143,6 +143,31 @@ def test_mask_rcnn_writes_masks(predict, tmp_path):
     assert (out / "a.png").stat().st_size > 0
 
 
+# TINY for the LazyConfig twin of frcnn_r101.yaml (configs/lazy/frcnn_r101.py)
+TINY_LAZY = ["train.device=cpu", "model.backbone.depth=18", "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+             "dataloader.test.mapper.augmentations.0.max_size=96", "model.proposal_generator.post_nms_topk=[2000,30]",
+             "model.proposal_generator.anchor_generator.sizes=[[16,32,64]]",
+             "dataloader.test.dataset.names=rb_shapes_coco_val", "model.roi_heads.num_classes=4"]
+
+
+def test_lazy_config_predicts_what_its_yaml_twin_does(predict, tmp_path):
+    images, _ = _images(tmp_path / "photos")
+    weights = _trained_detector(tmp_path, "frcnn_r101.yaml", TINY)
+    common = ["--input", str(images[0]), str(images[1]), "--confidence", str(CONFIDENCE)]
+    assert predict.main(["--config", str(REPO / "configs" / "coco" / "frcnn_r101.yaml"), *common, "--output",
+                         str(tmp_path / "yaml"), *TINY, "MODEL.WEIGHTS", weights]) == 0
+    assert predict.main(["--config", str(REPO / "configs" / "lazy" / "frcnn_r101.py"), *common, "--output",
+                         str(tmp_path / "lazy"), *TINY_LAZY, f"train.init_checkpoint={weights}"]) == 0
+    from_yaml, from_lazy = (json.loads((tmp_path / d / "predictions.json").read_text()) for d in ("yaml", "lazy"))
+    assert len(from_lazy["annotations"]) == len(from_yaml["annotations"]) > 0
+    for a, b in zip(from_lazy["annotations"], from_yaml["annotations"]):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3) and a["score"] == pytest.approx(b["score"], abs=1e-4)
+    with pytest.raises(ValueError, match="train.init_checkpoint=output"):
+        predict.main(["--config", str(REPO / "configs" / "lazy" / "frcnn_r101.py"), *common, "--output",
+                      str(tmp_path / "o"), *TINY_LAZY, "train.init_checkpoint="])
+
+
 def test_weights_that_do_not_make_a_detector_are_refused(predict, tmp_path):
     images, _ = _images(tmp_path / "photos")
     config = str(REPO / "configs" / "coco" / "frcnn_r101.yaml")

@@ -15,9 +15,11 @@ detection: image_id, category_id, category_name, bbox [x, y, width, height] in p
 "segmentation" for Mask R-CNN), "skipped" (file, reason) and "info" (config, weights, confidence). Class names and
 category ids come from the metadata of DATASETS.TEST[0] (COCO's ids for the COCO configs).
 
-detectron2's DefaultPredictor resizes and runs the model and its Visualizer draws; the weights are read through the
-project's safe loader (no code stored in the file runs), and must cover the whole detector: an ImageNet backbone
-alone would predict noise.
+--config is a YAML config (trailing KEY VALUE overrides) or a LazyConfig (configs/lazy/*.py, trailing key=value:
+train.init_checkpoint=... train.device=cpu). The model comes from engine/run_config.py as in evaluation: the weights
+read through the project's safe loader (no code stored in the file runs) and covering the whole detector (an
+ImageNet backbone alone would predict noise), each image read and resized by the config's test-time mapper;
+detectron2's Visualizer draws.
 """
 import argparse
 import glob
@@ -32,16 +34,20 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 # drawn pictures keep the input's format where it is one of these, else become PNG
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 PREDICTIONS_JSON = "predictions.json"
+# where a LazyConfig sets the score a detection needs (RetinaNet's; the R-CNN box predictor's)
+_LAZY_SCORE_THRESHOLDS = ("model.test_score_thresh", "model.roi_heads.box_predictor.test_score_thresh")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", "--config", dest="config_file", required=True, help="detection config")
+    parser.add_argument("--config-file", "--config", dest="config_file", required=True,
+                        help="detection config: configs/coco/*.yaml, configs/voc/*.yaml or configs/lazy/*.py")
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="folder for the drawn images and predictions.json")
     parser.add_argument("--confidence", type=float, default=0.5,
                         help="smallest score of a prediction that is drawn and written (default 0.5)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS ...")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE for YAML (MODEL.WEIGHTS "
+                        "...), key=value for a LazyConfig (train.init_checkpoint=...)")
     return parser
 
 
@@ -65,38 +71,27 @@ def collect_images(inputs):
     return files, problems
 
 
-def setup_cfg(args):
-    """The checked config of a prediction run (a yacs CfgNode), keeping every detection --confidence asks for."""
+def setup_run(args):
+    """The checked config of a prediction run (resnet_backbone.engine.run_config.RunConfig: a YAML config or a
+    LazyConfig), keeping every detection --confidence asks for."""
+    from omegaconf import OmegaConf
+
     from resnet_backbone.engine.run_config import RunConfig
 
     if not 0.0 <= args.confidence <= 1.0:
         raise ValueError(f"--confidence must be in [0, 1], got {args.confidence}")
-    run = RunConfig.load(args.config_file, args.opts, lazy=False)
+    run = RunConfig.load(args.config_file, args.opts)
     # the models drop detections below their test threshold: keep everything --confidence asks for
-    run.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
-    run.cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence
-    run.check(weights_needed="tools/predict.py needs a trained detector, e.g. "
-                             "MODEL.WEIGHTS output/coco/frcnn_r101/model_final.pth")
-    run.cfg.freeze()
-    return run.cfg
-
-
-def build_predictor(cfg):
-    """detectron2's DefaultPredictor (test-time resize, input format) around the model of RunConfig: weights read by
-    the safe checkpointer (DefaultPredictor's own loader would unpickle the file) and covering the whole detector,
-    MODEL.RB_DEPLOY.* applied."""
-    from detectron2.engine import DefaultPredictor
-
-    from resnet_backbone.engine.run_config import RunConfig
-
-    unloaded = cfg.clone()
-    unloaded.defrost()
-    unloaded.MODEL.WEIGHTS = ""  # DefaultPredictor then loads nothing
-    predictor = DefaultPredictor(unloaded)
-    run = RunConfig(cfg)
-    run.load_weights(predictor.model, complete=True)
-    predictor.model = run.deploy(predictor.model)
-    return predictor
+    if run.is_lazy:
+        for key in _LAZY_SCORE_THRESHOLDS:
+            if OmegaConf.select(run.cfg, key) is not None:
+                OmegaConf.update(run.cfg, key, args.confidence)
+    else:
+        run.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
+        run.cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence
+    example = "train.init_checkpoint=" if run.is_lazy else "MODEL.WEIGHTS "
+    return run.check(weights_needed=f"tools/predict.py needs a trained detector, e.g. {example}"
+                                    "output/coco/frcnn_r101/model_final.pth")
 
 
 def _categories(metadata, num_classes):
@@ -124,9 +119,11 @@ def _write_image(rgb, path):
         Image.fromarray(rgb).save(f, format=OUTPUT_FORMATS[os.path.splitext(path)[1]])
 
 
-def predict_images(cfg, files, output, *, confidence, problems=(), config_file=""):
-    """Predict every readable image of ``files`` into ``output``; returns the JSON payload (also written)."""
+def predict_images(run, files, output, *, confidence, problems=(), config_file=""):
+    """Predict every readable image of ``files`` with the detector of ``run`` (a checked RunConfig) into ``output``;
+    returns the JSON payload (also written)."""
     import numpy as np
+    import torch
     from detectron2.data import Metadata, MetadataCatalog
     from detectron2.data.detection_utils import read_image
     from detectron2.evaluation.coco_evaluation import instances_to_coco_json
@@ -135,10 +132,13 @@ def predict_images(cfg, files, output, *, confidence, problems=(), config_file="
 
     from resnet_backbone.utils.atomic import atomic_write_text
 
-    predictor = build_predictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else Metadata()
-    num_classes = (cfg.MODEL.RETINANET.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
-                   else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    model = run.build_model()
+    num_classes = getattr(model, "roi_heads", model).num_classes  # RetinaNet has its own
+    run.load_weights(model, complete=True)  # the whole detector trained: an ImageNet backbone alone predicts noise
+    model = run.deploy(model.eval())  # MODEL.RB_DEPLOY.*, as tools/train_net.py --eval-only
+    mapper = run.test_mapper()  # reads and resizes each image as evaluation does
+    view = run.view
+    metadata = MetadataCatalog.get(view.DATASETS.TEST[0]) if view.DATASETS.TEST else Metadata()
     categories, to_dataset = _categories(metadata, num_classes)
     names = {c["id"]: c["name"] for c in categories}
     os.makedirs(output, exist_ok=True)
@@ -147,13 +147,14 @@ def predict_images(cfg, files, output, *, confidence, problems=(), config_file="
     taken = {PREDICTIONS_JSON}
     for path in tqdm(files, desc="predicting", unit="image", dynamic_ncols=True):
         try:
-            bgr = np.ascontiguousarray(read_image(path, format="BGR"))  # DefaultPredictor takes BGR
+            bgr = np.ascontiguousarray(read_image(path, format="BGR"))  # to draw on; the mapper reads its own
         except Exception as e:  # missing, unreadable, truncated, not an image: name it and go on
             reason = f"{type(e).__name__}: {e}"
             tqdm.write(f"skipped {path}: {reason}")
             skipped.append({"file": path, "reason": reason})
             continue
-        instances = predictor(bgr)["instances"].to("cpu")
+        with torch.no_grad():
+            instances = model([mapper({"file_name": path})])[0]["instances"].to("cpu")
         instances = instances[instances.scores >= confidence]
         image_id = len(images) + 1
         name = _output_name(path, taken)
@@ -169,7 +170,7 @@ def predict_images(cfg, files, output, *, confidence, problems=(), config_file="
             result["area"], result["iscrowd"] = float(w * h), 0
             annotations.append(result)
     payload = {
-        "info": {"config": config_file, "weights": cfg.MODEL.WEIGHTS, "confidence": confidence},
+        "info": {"config": config_file, "weights": view.MODEL.WEIGHTS, "confidence": confidence},
         "images": images, "categories": categories, "annotations": annotations, "skipped": skipped,
     }
     atomic_write_text(os.path.join(output, PREDICTIONS_JSON), json.dumps(payload, indent=1))
@@ -178,9 +179,9 @@ def predict_images(cfg, files, output, *, confidence, problems=(), config_file="
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = setup_cfg(args)
+    run = setup_run(args)
     files, problems = collect_images(args.input)
-    payload = predict_images(cfg, files, args.output, confidence=args.confidence, problems=problems,
+    payload = predict_images(run, files, args.output, confidence=args.confidence, problems=problems,
                              config_file=args.config_file)
     done, skipped = len(payload["images"]), len(payload["skipped"])
     print(f"{done} images predicted ({len(payload['annotations'])} detections with score >= {args.confidence}), "
