@@ -23,10 +23,15 @@ def _explain_key_error(cfg, err, source):
     bad = msg.split(":")[-1].strip().strip("'\"") if "Non-existent" in msg else None
     if bad is None:
         raise err
-    close = difflib.get_close_matches(bad, _all_keys(cfg), n=3, cutoff=0.6)
+    return unknown_key_error(bad, _all_keys(cfg), source, "keys must exist in detectron2's defaults or in "
+                             "resnet_backbone.add_resnet_backbone_config")
+
+
+def unknown_key_error(key: str, known, where: str, why: str) -> ValueError:
+    """The error for a config key that does not exist (YAML or LazyConfig), naming up to 3 close `known` keys."""
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown config key {bad!r} in {source}.{hint} Keys must exist in detectron2's defaults or "
-                      f"in resnet_backbone.add_resnet_backbone_config.")
+    return ValueError(f"unknown config key {key!r} in {where}: {why}.{hint}")
 
 
 def load_config(config_file: str, opts=None) -> CfgNode:

@@ -10,7 +10,6 @@
   (engine/run_config.py runs them for both config kinds).
 """
 import ast
-import difflib
 import inspect
 import os
 import re
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config import add_resnet_backbone_config, check_resnet_backbone_config
 from ..d2.specs import lazy_backbone_spec
+from .config_io import unknown_key_error
 from .trainer import build_detection_evaluator
 
 __all__ = ["LAZY_KEYS", "detection_evaluator", "dataset_names", "lazy_key", "lazy_keys_named", "load_lazy_config",
@@ -58,10 +58,8 @@ def _check_override_key(cfg, key: str):
         return
     if isinstance(parent, DictConfig) and "_target_" in parent and _accepts(parent["_target_"], leaf):
         return  # an argument the config leaves at its default, e.g. model.backbone.drop_path_rate
-    close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown config key {key!r} in the command-line overrides: the config has no such key and "
-                     f"nothing there takes it as an argument.{hint}")
+    raise unknown_key_error(key, _all_keys(cfg), "the command-line overrides",
+                            "the config has no such key and nothing there takes it as an argument")
 
 
 def parse_override(item: str):
