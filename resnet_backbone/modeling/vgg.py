@@ -49,6 +49,7 @@ class VGG(ClassifierBackbone):
         for f in out_features:
             check_choice("VGG output feature", f, tuple(names))
         check_int("VGG freeze_at (conv blocks)", freeze_at, 0, len(layers))
+        check_int("in_channels", in_channels, 1)
         dropout = check_rate("dropout", dropout)
         self._out_features = out_features
         self._out_feature_channels, self._out_feature_strides = {}, {}
