@@ -10,7 +10,8 @@ times, or only one of them. The stage then saves (rank 0, atomically, `last_chec
 saving is recorded and changes nothing (the save is atomic anyway: a kill -9 leaves the previous checkpoint).
 
 Test hook: with RB_TEST_STOP_AT=k and RB_TEST_MARKER=path, each rank writes path.rank{r} when iteration k (0-based)
-starts and waits there (at most 120 s) for its signal, so that a test stops a run at a chosen iteration without sleeps.
+starts (the first time) and waits there (at most 120 s) for a signal, so that a test stops a run at a chosen iteration
+without sleeps.
 """
 from __future__ import annotations
 
@@ -94,8 +95,11 @@ class PreemptionGuard:
         stop_at, marker = os.environ.get("RB_TEST_STOP_AT"), os.environ.get("RB_TEST_MARKER")
         if stop_at is None or marker is None or int(stop_at) != iteration:
             return
-        with open(f"{marker}.rank{comm.get_rank()}", "w") as f:
-            f.write(str(iteration))
+        marker = f"{marker}.rank{comm.get_rank()}"
+        if os.path.exists(marker):  # only the first time: a resumed or restarted run goes on
+            return
+        with open(marker, "w") as f:
+            f.write(f"{iteration} {os.getpid()}")
         deadline = time.monotonic() + 120
         while not self.signal_name and time.monotonic() < deadline:
             time.sleep(0.02)

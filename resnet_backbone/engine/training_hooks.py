@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 
-from detectron2.engine.hooks import HookBase
+from detectron2.engine.hooks import HookBase, PeriodicWriter
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from .preemption import PreemptionGuard, TrainingPreempted
 from .resume import gather_rng_states, restore_rank_rng_state
@@ -104,8 +105,15 @@ class PreemptionHook(HookBase):
 
 
 def resilience_hooks(hooks: list, *, checkpointer, data_loader, checkpoint_period: int, device, seed: int = 0) -> list:
-    """`hooks` with a ResumeStateHook first and a PreemptionHook last. First: its after_step records the state right
-    after the step, before any hook that may evaluate (evaluations run collectives, and only rank 0 has a
-    PeriodicCheckpointer, so only a fixed place keeps the ranks' collectives in the same order)."""
+    """`hooks` with a ResumeStateHook first and a PreemptionHook before the PeriodicWriter (else last). First: its
+    after_step records the state right after the step, before any hook that may evaluate (evaluations run
+    collectives, and only rank 0 has a PeriodicCheckpointer, so only a fixed place keeps the ranks' collectives in the
+    same order). Before the writer: the stopped iteration's metrics are written once, by the writer's after_train."""
+    if not logging.getLogger("resnet_backbone").handlers:  # their messages (signals, restored state) in log.txt too
+        setup_logger(checkpointer.save_dir or None, distributed_rank=comm.get_rank(), name="resnet_backbone",
+                     abbrev_name="rb")
     state = ResumeStateHook(data_loader, checkpoint_period, seed)
-    return [state, *hooks, PreemptionHook(checkpointer, state, checkpoint_period, device)]
+    out = [state, *hooks]
+    writer = next((i for i, h in enumerate(out) if isinstance(h, PeriodicWriter)), len(out))
+    out.insert(writer, PreemptionHook(checkpointer, state, checkpoint_period, device))
+    return out
