@@ -32,5 +32,7 @@ setup(
     # deploy: the runtimes tools/export_model.py writes for and tools/benchmark.py compares with (OpenVINO pinned to
     # the version the speed table and the export tests ran with)
     extras_require={"test": ["pytest>=7", "hypothesis>=6"], "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
-                    "deploy": ["onnx>=1.14", "onnxruntime>=1.16", "openvino==2026.4.1"]},
+                    "deploy": ["onnx>=1.14", "onnxruntime>=1.16", "openvino==2026.4.1"],
+                    # the demo's real images: scikit-learn's bundled handwritten digits (tools/demo.py)
+                    "demo": ["scikit-learn>=1.0"]},
 )

@@ -424,8 +424,12 @@ def test_generator_is_deterministic_and_idempotent(tmp_path):
     again = generate_classification_set(tmp_path / "a", **kw)
     assert not again.created and a.created
     assert {p: os.stat(p).st_mtime_ns for p in pa} == mtimes
-    with pytest.raises(ValueError, match="already holds"):
-        generate_classification_set(tmp_path / "a", **(kw | {"seed": 1}))
+    # other parameters: the set is made again (utils/completion's one rule), with nothing left of the old one
+    reseeded = generate_classification_set(tmp_path / "a", **(kw | {"seed": 8, "num_classes": 2}))
+    assert reseeded.created and len(ImageNetFolder(reseeded.root, "train").classes) == 2
+    assert all(np.array_equal(x, y) for x, y in zip(_pixels(other.root, "train").values(),
+                                                    _pixels(reseeded.root, "train").values()))
+    generate_classification_set(tmp_path / "a", **kw)
     os.remove(next(iter(pa)))  # a missing file: the set is written again
     assert generate_classification_set(tmp_path / "a", **kw).created
     assert all(np.array_equal(x, y) for x, y in zip(pa.values(), _pixels(a.root, "train").values()))

@@ -5,6 +5,7 @@ import json
 import math
 import pickle
 import re
+import shutil
 
 import pytest
 from conftest import REPO, load_tool
@@ -13,7 +14,7 @@ from PIL import Image
 from resnet_backbone.engine.config_io import load_config
 from resnet_backbone.engine.overrides import load_override_sections, overrides_to_opts
 
-OVERRIDES = REPO / "configs" / "demo" / "shapes_small_scale.yaml"
+OVERRIDES = REPO / "configs" / "demo" / "digits_small_scale.yaml"
 # the detection recipe of the paper's configs that fine-tuning keeps (issue: only the scale may change)
 RECIPE_KEYS = ("MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.STRIDE_IN_1X1",
                "MODEL.RB_RESNET.SHORTCUT", "MODEL.RB_RESNET.ZERO_INIT_LAST", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD",
@@ -21,6 +22,16 @@ RECIPE_KEYS = ("MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.
                "MODEL.RPN.IOU_THRESHOLDS", "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.IOU_THRESHOLDS",
                "MODEL.ROI_HEADS.NMS_THRESH_TEST", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY", "SOLVER.WARMUP_ITERS",
                "SOLVER.GAMMA", "SOLVER.CLIP_GRADIENTS.ENABLED")
+# what the small scale may change in a fine-tuning run (each with its reason in the overrides file), and what a run
+# sets that is no recipe (data, weights, where it writes); SOLVER.BASE_LR is the stated exception (the lr grid)
+SCALE_KEYS = {"INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+              "INPUT.RANDOM_FLIP", "MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+              "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST",
+              "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "DATALOADER.NUM_WORKERS",
+              "SOLVER.IMS_PER_BATCH", "SOLVER.STEPS", "SOLVER.MAX_ITER", "SOLVER.CHECKPOINT_PERIOD",
+              "RB_TRAIN.LOG_PERIOD"}
+RUN_KEYS = {"MODEL.WEIGHTS", "DATASETS.TRAIN", "DATASETS.TEST", "MODEL.ROI_HEADS.NUM_CLASSES", "SEED", "OUTPUT_DIR",
+            "MODEL.DEVICE"}
 
 
 def _get(cfg, key):
@@ -29,36 +40,76 @@ def _get(cfg, key):
     return cfg
 
 
+def _flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _sections():
     return load_override_sections(OVERRIDES)
 
 
-@pytest.mark.parametrize("config,section", [("configs/coco/frcnn_r101.yaml", "resnet_pretrained"),
-                                            ("configs/coco/frcnn_vgg16.yaml", "vgg16_pretrained")])
-def test_fine_tuning_keeps_the_papers_detection_recipe(config, section):
-    s = _sections()
-    paper = load_config(str(REPO / config), ["MODEL.DEVICE", "cpu"])
-    demo = load_config(str(REPO / config), overrides_to_opts(s["common"], s[section]) + ["MODEL.DEVICE", "cpu"])
-    for key in RECIPE_KEYS:
-        assert _get(demo, key) == _get(paper, key), key
-    # the paper's lr, scaled for the batch size only (linear rule), and the decay at the same fraction of training
-    s_paper, s_demo = paper.SOLVER, demo.SOLVER
-    assert math.isclose(s_demo.BASE_LR / s_demo.IMS_PER_BATCH, s_paper.BASE_LR / s_paper.IMS_PER_BATCH)
-    assert math.isclose(s_demo.STEPS[0] / s_demo.MAX_ITER, s_paper.STEPS[0] / s_paper.MAX_ITER, rel_tol=0.01)
-    assert demo.MODEL.RESNETS.NORM == "FrozenBN" if "r101" in config else demo.MODEL.BACKBONE.FREEZE_AT == 2
+def _plan(demo, tmp_path):
+    return demo.Plan(_sections(), tmp_path, "cpu", False, None)
+
+
+def _run_config(stage):
+    # the config the stage's command trains: everything after --config <file>, less the tool's own flags
+    command = stage.command
+    i = command.index("--config")
+    return load_config(str(REPO / command[i + 1]), command[i + 2:])
+
+
+@pytest.mark.parametrize("name", ["frcnn_r101_pretrained", "frcnn_vgg16_pretrained"])
+def test_fine_tuning_keeps_the_papers_detection_recipe_key_by_key(name, tmp_path):
+    demo = load_tool("demo")
+    plan = _plan(demo, tmp_path)
+    source = next(p for n, _, _, p in demo.DETECTORS if n == name)
+    weights = plan.pretraining(source, tmp_path / "seed0" / source, seed=0, lr=plan.tuned(source))
+    config, _, stage = plan.detection(name, tmp_path / "seed0" / name, seed=0, lr=plan.tuned(name), weights=weights)
+    paper, run = load_config(str(REPO / config)), _run_config(stage)
+    changed = {k for k, v in _flat(run).items() if _flat(paper).get(k) != v}
+    assert changed - SCALE_KEYS - RUN_KEYS == {"SOLVER.BASE_LR"}, "only the scale and the tuned lr may change"
+    assert not changed & set(RECIPE_KEYS)
+    # the lr is the arm's grid choice; the decay at the same fraction of training as the paper's
+    assert run.SOLVER.BASE_LR == plan.tuned(name)["SOLVER.BASE_LR"]
+    assert run.SOLVER.BASE_LR in _sections()["grid"]["detection_lrs"]
+    assert math.isclose(run.SOLVER.STEPS[0] / run.SOLVER.MAX_ITER, paper.SOLVER.STEPS[0] / paper.SOLVER.MAX_ITER,
+                        rel_tol=0.01)
+    assert run.MODEL.WEIGHTS == str(weights.output_dir / "model_final_d2.pkl")
+    assert run.MODEL.RESNETS.NORM == "FrozenBN" if "r101" in name else run.MODEL.BACKBONE.FREEZE_AT == 2
+
+
+def test_the_from_scratch_control_changes_only_what_training_without_weights_needs(tmp_path):
+    demo = load_tool("demo")
+    plan = _plan(demo, tmp_path)
+    config, _, stage = plan.detection("frcnn_r101_scratch", tmp_path / "s", seed=0,
+                                      lr=plan.tuned("frcnn_r101_scratch"), weights=None)
+    paper, run = load_config(str(REPO / config)), _run_config(stage)
+    changed = {k for k, v in _flat(run).items() if _flat(paper).get(k) != v} - SCALE_KEYS - RUN_KEYS
+    assert changed == {"SOLVER.BASE_LR", "MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT",
+                       "MODEL.RB_RESNET.ZERO_INIT_LAST", "SOLVER.WARMUP_ITERS"}
+    assert run.MODEL.WEIGHTS == ""
 
 
 def test_pretraining_keeps_the_papers_classification_recipe():
     s = _sections()
-    for config, sections in (("resnet101", ("pretrain",)), ("vgg16", ("pretrain", "pretrain_vgg16"))):
+    for name, config, sections in (("pretrain_r101", "resnet101", ("pretrain",)),
+                                   ("pretrain_vgg16", "vgg16", ("pretrain", "pretrain_vgg16"))):
         path = str(REPO / "configs" / "imagenet" / f"{config}.yaml")
         paper = load_config(path)
-        demo = load_config(path, overrides_to_opts(*(s[n] for n in sections)))
-        for key in ("BASE_LR", "REFERENCE_BATCH", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):
+        demo = load_config(path, overrides_to_opts(*(s[n] for n in sections), s["tuned"][name]))
+        for key in ("REFERENCE_BATCH", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):
             assert demo.PRETRAIN.SOLVER[key] == paper.PRETRAIN.SOLVER[key], key
-        for key in ("LIGHTING_STD", "FLIP"):
-            assert demo.PRETRAIN.INPUT[key] == paper.PRETRAIN.INPUT[key], key
-        assert demo.PRETRAIN.DATASET.NAME == "generated_shapes"
+        assert demo.PRETRAIN.INPUT.LIGHTING_STD == paper.PRETRAIN.INPUT.LIGHTING_STD
+        assert demo.PRETRAIN.PRECISE_BN.ENABLED == paper.PRETRAIN.PRECISE_BN.ENABLED
+        assert demo.PRETRAIN.SOLVER.BASE_LR in s["grid"]["pretrain_lrs"]  # the stated exception: the grid's choice
+        assert demo.PRETRAIN.DATASET.NAME == "digits"
         # crops and scale range shrink together: the paper's ratios
         ratio = demo.PRETRAIN.INPUT.CROP_SIZE / paper.PRETRAIN.INPUT.CROP_SIZE
         assert [round(v * ratio) for v in paper.PRETRAIN.INPUT.SCALE] == list(demo.PRETRAIN.INPUT.SCALE)
@@ -70,6 +121,31 @@ def test_pretraining_keeps_the_papers_classification_recipe():
     assert list(vgg.PRETRAIN.INPUT.PIXEL_MEAN) == list(det.MODEL.PIXEL_MEAN)
     assert list(vgg.PRETRAIN.INPUT.PIXEL_STD) == list(det.MODEL.PIXEL_STD)
     assert vgg.PRETRAIN.INPUT.FORMAT == det.INPUT.FORMAT
+
+
+def test_each_arms_lr_is_the_best_of_its_recorded_grid(tmp_path):
+    demo = load_tool("demo")
+    s = _sections()
+    arms = [n for n, *_ in demo.PRETRAININGS] + [n for n, *_ in demo.DETECTORS]
+    assert set(s["tuned"]) == set(s["grid_results"]) == set(arms)
+    for name in arms:
+        pretraining = name.startswith("pretrain")
+        scores = s["grid_results"][name]
+        assert sorted(scores) == sorted(s["grid"]["pretrain_lrs" if pretraining else "detection_lrs"])
+        key = "PRETRAIN.SOLVER.BASE_LR" if pretraining else "SOLVER.BASE_LR"
+        assert s["tuned"][name] == {key: demo.best_lr(scores, lower_is_better=pretraining)}
+    assert demo.best_lr({0.1: float("nan"), 0.01: 5.0, 0.03: 5.0}, lower_is_better=False) == 0.01
+    with pytest.raises(ValueError, match="every lr of the grid failed"):
+        demo.best_lr({0.1: float("nan")}, lower_is_better=True)
+    # --tune rewrites those two sections and nothing else
+    copy = tmp_path / "overrides.yaml"
+    copy.write_text(OVERRIDES.read_text())
+    choice = {"tuned": {n: {"SOLVER.BASE_LR": 0.5} for n in arms},
+              "grid_results": {n: {0.5: 1.0, 0.25: 2.0} for n in arms}}
+    demo.write_tuned(copy, choice)
+    again = load_override_sections(copy)
+    assert again["tuned"] == choice["tuned"] and again["grid_results"] == choice["grid_results"]
+    assert {k: v for k, v in again.items() if k not in choice} == {k: v for k, v in s.items() if k not in choice}
 
 
 def test_a_failed_stage_names_its_log(tmp_path, capsys):
@@ -94,6 +170,9 @@ def _table(text):
 
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
+    from resnet_backbone.data.digits import RECORD_NAME, digit_pools
+    from resnet_backbone.utils.completion import mark_started, read_record
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     demo = load_tool("demo")
     out = tmp_path / "demo"
@@ -104,16 +183,26 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
     first = capsys.readouterr().out
     s = _sections()
 
+    # the split: the detection validation images hold only digits that no stage trains on, stated on the console
+    pools = digit_pools()
+    detection = read_record(out / "datasets" / "rb_digits" / RECORD_NAME)
+    classes = read_record(out / "datasets" / "rb_digit_classes" / RECORD_NAME)
+    assert set(detection["digits"]["val"]) <= set(pools["detect_val"])
+    assert set(detection["digits"]["train"]) <= set(pools["detect_train"])
+    assert set(classes["digits"]["train"]) == set(pools["pretrain_train"])
+    assert set(classes["digits"]["val"]) == set(pools["pretrain_val"])
+    assert summary["split"]["overlap"] == [] and "shared with earlier stages: 0" in first
+
     # stage 1: exported detectron2-format weights with their provenance, consistent with the run
     for name, label, _, sections in demo.PRETRAININGS:
-        run = out / name
+        run = out / "seed0" / name
         results = json.loads((run / "pretrain_results.json").read_text())
         record = json.loads((run / "model_final_d2.pkl.provenance.json").read_text())
         opts = dict(zip(*[iter(overrides_to_opts(*(s[n] for n in sections + ("tiny_pretrain",))))] * 2))
         assert record["model"] == results["model"] == ("resnet101" if "r101" in name else "vgg16")
-        assert record["dataset"] == "generated_shapes"
+        assert record["dataset"] == "digits"
         assert record["iterations"] == results["iteration"] == int(opts["PRETRAIN.SOLVER.MAX_ITER"])
-        assert record["val_top1_err"] == results["val"]["top1_err"] == summary["pretraining"][name]["val_top1_err"]
+        assert record["val_top1_err"] == results["val"]["top1_err"] == summary["pretraining"][name][0]["val_top1_err"]
         assert record["channel_order"] == ("RGB" if "vgg" in name else "BGR")
         with open(run / "model_final_d2.pkl", "rb") as f:
             weights = pickle.load(f)
@@ -123,42 +212,43 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
         curve = [json.loads(line) for line in (run / "metrics.json").read_text().splitlines()]
         assert any("val/top1_err" in r for r in curve) and any("loss" in r for r in curve)
 
-    # stage 2: each detector trained (from the export where pretrained) and evaluated in both formats
+    # stage 2: each detector trained (from the export where pretrained) and evaluated in both formats; the table's
+    # numbers are the evaluation JSONs' (one seed: the mean is the run's number, the std 0)
     rows = {r["detector"] + ", " + r["init"]: r for r in summary["rows"]}
     for name, config, _, pretrained in demo.DETECTORS:
-        if name in demo.OPTIONAL_DETECTORS:
-            assert not (out / name).exists()
-            continue
-        run = out / name
+        run = out / "seed0" / name
         cfg = load_config(str(run / "config.yaml"))
-        if pretrained:
-            assert cfg.MODEL.WEIGHTS == str(out / pretrained / "model_final_d2.pkl")
-        else:
-            assert cfg.MODEL.WEIGHTS == ""
+        assert cfg.MODEL.WEIGHTS == (str(out / "seed0" / pretrained / "model_final_d2.pkl") if pretrained else "")
+        assert cfg.SEED == 0 and cfg.SOLVER.BASE_LR == s["tiny_detection"]["SOLVER.BASE_LR"]
         payload = json.loads((run / "eval_results.json").read_text())
         formats = {res["format"]: res["bbox"] for res in payload["results"].values()}
         assert set(formats) == {"coco", "pascal_voc"}
-        # a few iterations may detect nothing: pycocotools' AP is then nan
         assert all(isinstance(v, float) for bbox in formats.values() for v in (bbox["AP"], bbox["AP50"]))
         row = rows[f"Faster R-CNN {payload['label']}, {'pretrained' if pretrained else 'from scratch'}"]
         assert _same(row["COCO-format AP50"], formats["coco"]["AP50"])
         assert _same(row["COCO-format AP"], formats["coco"]["AP"])
         assert _same(row["VOC-format mAP@.5"], formats["pascal_voc"]["AP50"])
+        assert row["VOC-format mAP@.5 std"] in (0.0,) or math.isnan(row["VOC-format mAP@.5 std"])
         assert (row["paper COCO mAP@.5"] is not None) == bool(pretrained)
         pictures = out / "predictions" / name
         predictions = json.loads((pictures / "predictions.json").read_text())
         assert len(predictions["images"]) == demo.PREDICTION_IMAGES["tiny"]
         for image in predictions["images"]:
             assert Image.open(pictures / image["file_name"].split("/")[-1]).size == (image["width"], image["height"])
-        log = (out / "logs" / f"{name}.log").read_text()
+        log = (out / "logs" / f"seed0_{name}.log").read_text()
         assert log.startswith("$ ") and "train_net.py" in log.splitlines()[0]
 
-    # the report: table (printed and written), plot, prediction montage
+    # the report: table (printed and written) with one line per finding, plot, prediction montage (ground truth and
+    # one row per detector)
     table = (out / "results.md").read_text()
     assert _table(table) == _table(first) and len(_table(table)) == 3
     assert "paper VOC07 mAP@.5" in table and "76.4" in table and "73.2" in table  # Tables 7-8 beside ours
+    assert len(summary["findings"]) == 7 and all(("held" in line) for line in summary["findings"])
+    assert all(f"- {line}" in first for line in summary["findings"])
     assert Image.open(summary["plot"]).format == "PNG"
-    assert Image.open(summary["predictions"]).height > 3 * 100
+    assert Image.open(summary["predictions"]).height >= 4 * 2 * 96
+    assert set(summary["stage_times"]) == {f"seed0_{n}" for n, *_ in demo.PRETRAININGS + demo.DETECTORS} | {
+        f"predict_{n}" for n, *_ in demo.DETECTORS}
 
     # clean console: one line per stage, progress lines, no command lines
     assert "$ " not in first and "eta: " in first
@@ -166,29 +256,41 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
 
     # re-run: finished stages are kept; a removed stage runs again and gives the same numbers (seeded), an
     # interrupted one resumes from its checkpoint
-    losses = (out / "frcnn_r101_pretrained" / "metrics.json").read_text()
-    pretrain_results = (out / "pretrain_r101" / "pretrain_results.json").read_text()
+    losses = (out / "seed0" / "frcnn_r101_pretrained" / "metrics.json").read_text()
+    pretrain_results = (out / "seed0" / "pretrain_r101" / "pretrain_results.json").read_text()
     for folder in ("pretrain_r101", "frcnn_r101_pretrained"):
-        for path in sorted((out / folder).rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        (out / folder).rmdir()
-    scratch = out / "frcnn_r101_scratch"
+        shutil.rmtree(out / "seed0" / folder)
+    scratch = out / "seed0" / "frcnn_r101_scratch"
     (scratch / "model_final.pth").unlink()
-    key = json.loads((scratch / demo.STAGE_RECORD).read_text())["key"]
-    (scratch / demo.STAGE_RECORD).unlink()
-    (scratch / (demo.STAGE_RECORD + ".started")).write_text(key)
+    mark_started(scratch / demo.STAGE_RECORD, read_record(scratch / demo.STAGE_RECORD)["key"])
     (scratch / "last_checkpoint").write_text("model_0000001.pth")
     demo.main(["--tiny", "--output", str(out), "--device", "cpu"])
     second = capsys.readouterr().out
     assert second.count("done before, kept") == len(demo.PRETRAININGS) + 2 * 3 - 3
     assert "resuming an interrupted run" in second
     assert "Starting training from iteration 2" in (scratch / "log.txt").read_text()
-    assert (out / "pretrain_r101" / "pretrain_results.json").read_text() == pretrain_results
+    assert (out / "seed0" / "pretrain_r101" / "pretrain_results.json").read_text() == pretrain_results
     strip = lambda text: [{k: v for k, v in json.loads(line).items() if "time" not in k and k != "eta_seconds"}
                           for line in text.splitlines()]  # noqa: E731
-    assert strip((out / "frcnn_r101_pretrained" / "metrics.json").read_text()) == strip(losses)
+    assert strip((out / "seed0" / "frcnn_r101_pretrained" / "metrics.json").read_text()) == strip(losses)
     # the re-run stages and the kept ones print the same rows; the resumed detector continues from its
     # checkpoint's weights and schedule, but detectron2's train loader starts its data order over, so its
     # numbers may differ from the uninterrupted run's
     resumed = lambda rows: [r for r in rows if "from scratch" not in r or "ResNet-101" not in r]  # noqa: E731
     assert resumed(_table(second)) == resumed(_table(first)) and len(_table(second)) == len(_table(first))
+
+
+def test_seeds_give_mean_and_std_per_cell():
+    from resnet_backbone.demo_report import DetectorEntry, findings, format_markdown, table_rows
+
+    runs = [DetectorEntry("frcnn_r101_pretrained", "ResNet-101", "pretrained", "-", 80.0 + i, 40.0 + 2 * i, 75.0 + i)
+            for i in range(3)]
+    scratch = [DetectorEntry("frcnn_r101_scratch", "ResNet-101", "from scratch", "-", 50.0, 20.0 + i, 60.0)
+               for i in range(3)]
+    rows = table_rows([runs, scratch])
+    assert rows[0]["COCO-format AP"] == 42.0 and rows[0]["COCO-format AP std"] == 2.0
+    assert "42.0 ± 2.0" in format_markdown(rows)
+    lines = findings([runs, scratch], [])
+    assert lines[0].startswith("ResNet-101 pretrained beats ResNet-101 from scratch in COCO-format AP: held")
+    assert "2 x the larger std = 4.0" in lines[0]
+    assert lines[-1].startswith("ResNet-101 pretrained reaches VOC-format mAP@.5 >= 70") and "held (76.0)" in lines[-1]

@@ -170,6 +170,9 @@ def test_build_is_cached_and_keyed_by_source(monkeypatch, tmp_path):
     assert first.parent == tmp_path and first.is_file()
     mtime = first.stat().st_mtime_ns
     assert winograd.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+    # a library without its completion record (utils/completion) is not trusted: built again
+    first.with_name(first.name + ".complete.json").unlink()
+    assert winograd.build() == first and first.stat().st_mtime_ns != mtime
 
 
 def test_gradients_and_other_convolutions_keep_the_direct_path():

@@ -46,7 +46,8 @@ D2_SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170
 SETUPTOOLS_PIN = "setuptools>=77.0.3,<81"
 # detectron2 v0.6 also uses np.int/np.bool (removed in numpy 1.24) and Image.LINEAR (removed in Pillow 10).
 # OpenCV 4.9 and newer are built against numpy 2.
-V06_PINS = ["numpy<1.24", "Pillow<10", SETUPTOOLS_PIN, "opencv-python-headless<4.9"]
+V06_PINS = ["numpy<1.24", "Pillow<10", SETUPTOOLS_PIN, "opencv-python-headless<4.9",
+            "scikit-learn==1.3.2"]  # the demo's digits; later scikit-learn needs numpy >= 1.24
 # The v0.6 sdist on PyPI omits detectron2/layers/csrc: an extension with no ops, so that `from detectron2 import _C`
 # succeeds; it keeps the two version queries detectron2's collect_env_info (run by default_setup) calls.
 EMPTY_EXT = """// Written by resnet_backbone's tools/setup_env.py: detectron2 v0.6 built without its compiled ops.
@@ -371,7 +372,7 @@ def project_ready(v06=False):
     if os.path.realpath(url[len("file://"):]) != os.path.realpath(REPO):
         return False
     mods = ["torch", "torchvision", "fvcore", "pycocotools", "numpy", "PIL", "matplotlib", "yaml", "tqdm",
-            "tabulate", "cv2", "pytest", "hypothesis"]
+            "tabulate", "cv2", "pytest", "hypothesis", "sklearn"]
     return all(importlib.util.find_spec(m) is not None for m in mods) and pinned_versions_ok(v06)
 
 
@@ -381,7 +382,7 @@ def step_project(workdir, source=None):
         log(f"resnet_backbone (editable, {REPO}) and test requirements (pinned): present")
         return
     # onnx / onnxruntime / openvino (export tests, benchmark peers) are not installed beside v0.6: newer numpy
-    extras = "test" if v06 else "test,onnx,deploy"
+    extras = "test,demo" if v06 else "test,onnx,deploy,demo"
     pip("--no-build-isolation", "-e", f"{REPO}[{extras}]", constraints=test_constraints(workdir, v06))
     if not project_ready(v06):
         raise StepError(f"resnet_backbone is not installed editable from {REPO} after `pip install -e`")

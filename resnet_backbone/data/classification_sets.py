@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from ..modeling.options import check_choice
 from .classification import CIFAR10Dataset, ImageNetFolder
 from .register import default_root
+from .digits import generate_digit_classes
 from .synthetic_classification import generate_classification_set
-from .synthetic_shape_classes import generate_shape_classes
 
 __all__ = ["DATASETS", "PIPELINES", "ClassificationSet", "build_classification_set", "classification_set",
            "resolve_data_root"]
@@ -59,10 +59,10 @@ def _generated(layout: str):
     return write
 
 
-def _generated_shapes(root, d):
-    # the detection set's shapes and colours as classes (synthetic_shape_classes), ImageNet folder layout
-    generate_shape_classes(root, num_classes=d.GENERATED_NUM_CLASSES, train_per_class=d.GENERATED_TRAIN_PER_CLASS,
-                           val_per_class=d.GENERATED_VAL_PER_CLASS, seed=d.GENERATED_SEED)
+def _digits(root, d):
+    # scikit-learn's real handwritten digits on cluttered backgrounds (data/digits.py), ImageNet folder layout; its
+    # size is fixed by the digit pools (the GENERATED_*_PER_CLASS keys do not apply)
+    generate_digit_classes(root, seed=d.GENERATED_SEED)
 
 
 DATASETS = {
@@ -70,7 +70,7 @@ DATASETS = {
     "cifar10": ClassificationSet("cifar", _cifar10),
     "generated_imagenet": ClassificationSet("imagenet", _imagenet, generated=_generated("imagenet")),
     "generated_cifar10": ClassificationSet("cifar", _cifar10, generated=_generated("cifar")),
-    "generated_shapes": ClassificationSet("imagenet", _imagenet, generated=_generated_shapes),
+    "digits": ClassificationSet("imagenet", _imagenet, generated=_digits),
 }
 
 

@@ -1,13 +1,14 @@
-"""The manifest of a generated data set, written last: it records the generator's parameters and files, so that
-generating again with the same parameters does nothing and with other parameters is refused (not mixed)."""
+"""The completion record of a generated data set, with the project's one rule (utils/completion): written last, it
+holds the generator's parameters (its key), class names and files; generating again with the same parameters finds
+it and writes nothing; other parameters, or an interrupted run, make the set again from scratch."""
 import dataclasses
-import json
+import shutil
 from pathlib import Path
 from typing import Sequence, Tuple
 
-from ..utils.atomic import atomic_write_text
+from ..utils.completion import COMPLETE, mark_complete, mark_started, state
 
-__all__ = ["GeneratedClassificationSet", "manifest_matches", "write_manifest"]
+__all__ = ["GeneratedClassificationSet", "prepare", "write_manifest"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,19 +27,19 @@ class GeneratedClassificationSet:
     created: bool  # False when a complete set with the same parameters was found
 
 
-def manifest_matches(path: Path, params: dict, what: str) -> bool:
-    """True when ``path`` records a complete set made with ``params`` (every file it lists is there); False when
-    there is none or it is incomplete. ValueError when it records other parameters (``what`` names the set)."""
+def prepare(path: Path, params: dict, owned: Sequence[str]) -> bool:
+    """True when ``path`` records a complete set made with ``params`` (every file it lists is there). Otherwise the
+    folders ``owned`` (relative to the record's folder: what the generator writes) are removed, the record says the
+    set is being made, and False is returned."""
     path = Path(path)
-    if not path.is_file():
-        return False
-    existing = json.loads(path.read_text())
-    if existing.get("params") != params:
-        raise ValueError(f"{str(path.parent)!r} already holds a generated {what} set with parameters "
-                         f"{existing.get('params')}, not {params}; use another root or delete it")
-    return all((path.parent / rel).is_file() for rel in existing.get("files", ()))
+    if state(path, params) == COMPLETE:
+        return True
+    for name in owned:
+        shutil.rmtree(path.parent / name, ignore_errors=True)
+    mark_started(path, params)
+    return False
 
 
-def write_manifest(path: Path, params: dict, classes: Sequence[str], files: Sequence[str]) -> None:
-    """Record a finished set: its parameters, class names and files (relative to the manifest's folder)."""
-    atomic_write_text(path, json.dumps({"params": params, "classes": list(classes), "files": list(files)}, indent=1))
+def write_manifest(path: Path, params: dict, classes: Sequence[str], files: Sequence[str], **info) -> dict:
+    """Record a finished set: its parameters, class names and files (relative to the record's folder)."""
+    return mark_complete(path, params, params=params, classes=list(classes), files=list(files), **info)

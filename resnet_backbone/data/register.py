@@ -1,4 +1,13 @@
-"""Registering the embedded "rb_shapes" dataset with detectron2, and checking dataset names.
+"""Registering the embedded detection sets with detectron2, and checking dataset names.
+
+The demo's set of real digits (data/digits.py; root ``$RB_DATASETS/rb_digits``, default ``<repo>/datasets``):
+
+    rb_digits_coco_train / _val          COCO json; the validation images use only digits no training sees
+    rb_digits_coco_tune_train / _val     the training images cut in two for the demo's lr grid (tools/demo.py --tune)
+    rb_digits_voc_train / _test          Pascal VOC layout, the same images as coco_train / coco_val
+
+The generated shapes set (data/synthetic_detection.py), kept for the tests that need pixel-exact ground truth
+(polygons, masks, areas):
 
 Names registered by :func:`register_synthetic_datasets` (root defaults to :func:`default_root`):
 
@@ -18,13 +27,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 # Importing detectron2.data.datasets also registers detectron2's built-in datasets (coco_*, voc_*).
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 
+from . import digits
 from .synthetic_detection import CLASS_NAMES, VOC_SPLITS, coco_paths, ensure_dataset, voc_dirname
 
 __all__ = [
+    "DIGIT_DATASETS",
     "SYNTHETIC_DATASETS",
     "check_dataset_registered",
     "default_root",
     "ensure_synthetic_dataset",
+    "register_digit_datasets",
     "register_synthetic_datasets",
 ]
 
@@ -36,6 +48,16 @@ SYNTHETIC_DATASETS: Dict[str, Tuple[str, str]] = {
     "rb_shapes_voc_test": ("voc", "val"),
 }
 VOC_YEAR = 2007  # PascalVOCDetectionEvaluator accepts 2007 or 2012; 2007 selects the 11-point AP
+
+# name -> (format, key of digits.detection_paths, VOC split)
+DIGIT_DATASETS: Dict[str, Tuple[str, str, Optional[str]]] = {
+    "rb_digits_coco_train": ("coco", "coco_train", None),
+    "rb_digits_coco_val": ("coco", "coco_val", None),
+    "rb_digits_coco_tune_train": ("coco", "coco_tune_train", None),
+    "rb_digits_coco_tune_val": ("coco", "coco_tune_val", None),
+    "rb_digits_voc_train": ("voc", "voc", "train"),
+    "rb_digits_voc_test": ("voc", "voc", "test"),
+}
 
 # Metadata key marking our datasets; its value is the root the loaders generate into.
 _ROOT_KEY = "synthetic_root"
@@ -69,32 +91,67 @@ def ensure_synthetic_dataset(root: Optional[str] = None) -> str:
     return root
 
 
-def _load_after_generating(root: str, load):
-    ensure_dataset(root)
+def _load_after_generating(root: str, load, ensure=ensure_dataset):
+    ensure(root)
     return load()
 
 
-def _make_lazy(name: str, root: str) -> None:
+def _make_lazy(name: str, root: str, ensure=ensure_dataset) -> None:
     """Replace the loader detectron2 registered for ``name`` by one that generates data first."""
     load = DatasetCatalog[name]
     DatasetCatalog.remove(name)
-    DatasetCatalog.register(name, functools.partial(_load_after_generating, root, load))
+    DatasetCatalog.register(name, functools.partial(_load_after_generating, root, load, ensure))
+
+
+def _unregister_if_moved(name: str, root: str) -> bool:
+    """False when ``name`` is registered from ``root`` already; else removes it (if there) and returns True."""
+    if name in DatasetCatalog.list():
+        if MetadataCatalog.get(name).get(_ROOT_KEY) == root:
+            return False
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    return True
+
+
+def digits_root() -> str:
+    """Where the demo's digit detection set lives: beside :func:`default_root`."""
+    return os.path.join(os.path.dirname(default_root()), "rb_digits")
+
+
+def register_digit_datasets(root: Optional[str] = None) -> List[str]:
+    """Register the rb_digits_* names (see the module docstring) from ``root``; returns them. Idempotent."""
+    root = os.path.abspath(root) if root is not None else digits_root()
+    paths = digits.detection_paths(root)
+    for name, (fmt, key, voc_split) in DIGIT_DATASETS.items():
+        if not _unregister_if_moved(name, root):
+            continue
+        if fmt == "coco":
+            json_file, image_root = paths[key]
+            metadata = {"thing_classes": list(digits.CLASS_NAMES),
+                        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(digits.CLASS_NAMES))},
+                        _ROOT_KEY: root}
+            register_coco_instances(name, metadata, str(json_file), str(image_root))
+        else:
+            register_pascal_voc(name, str(paths[key]), voc_split, VOC_YEAR, class_names=list(digits.CLASS_NAMES))
+            MetadataCatalog.get(name).set(evaluator_type="pascal_voc", **{_ROOT_KEY: root})
+        _make_lazy(name, root, digits.ensure_digit_detection)
+    return list(DIGIT_DATASETS)
 
 
 def register_synthetic_datasets(root: Optional[str] = None) -> List[str]:
-    """Register the four rb_shapes datasets (see the module docstring); returns their names.
+    """Register the four rb_shapes datasets from ``root`` and the rb_digits ones from beside it (see the module
+    docstring); returns the rb_shapes names (:func:`register_digit_datasets` returns the others).
 
     Idempotent: names already registered with the same root are left alone; registered with
     another root, they are re-registered to point at ``root``.
     """
+    register_digit_datasets(None if root is None else os.path.join(os.path.dirname(
+        os.path.abspath(root)), "rb_digits"))
     root = os.path.abspath(root) if root is not None else default_root()
     for name, (fmt, split) in SYNTHETIC_DATASETS.items():
-        if name in DatasetCatalog.list():
-            if MetadataCatalog.get(name).get(_ROOT_KEY) == root:
-                continue
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
+        if not _unregister_if_moved(name, root):
+            continue
 
         if fmt == "coco":
             json_file, image_root = coco_paths(root, split)

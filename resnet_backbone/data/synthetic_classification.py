@@ -6,8 +6,8 @@ a surface texture (3); each image draws its object's position, size, rotation, c
 at random. A small CNN separates the classes; colour alone does not (classes share colours, shapes and textures).
 
 Every image comes from its own random stream keyed by (seed, split, class, index), so an image does not change
-when the number of images per class does. A manifest written last records the parameters: calling again with the
-same parameters finds it and does nothing; different parameters for the same root are refused.
+when the number of images per class does. A completion record written last (data/manifest.py) holds the parameters:
+calling again with the same parameters finds it and does nothing; other parameters make the set again.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..modeling.options import check_choice, check_int
 from ..utils.atomic import atomic_write
-from .manifest import GeneratedClassificationSet, manifest_matches, write_manifest
+from .manifest import GeneratedClassificationSet, prepare, write_manifest
 
 __all__ = [
     "SHAPES",
@@ -48,6 +48,7 @@ MAX_CLASSES = len(SHAPES) * len(COLOURS) * len(TEXTURES)
 LAYOUTS = ("imagenet", "cifar")
 _DEFAULT_SIZE = {"imagenet": 64, "cifar": 32}
 _SPLIT_CODE = {"train": 0, "val": 1}
+_OWNED = {"imagenet": ("train", "val"), "cifar": ("cifar-10-batches-py",)}  # what each layout writes under root
 
 # Masks in the object's own frame, unit radius: (u, v) -> bool.
 _SHAPE_MASKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -202,10 +203,9 @@ def generate_classification_set(root: str | os.PathLike, num_classes: int = 10, 
     names = class_names(num_classes)
     result = GeneratedClassificationSet(root, layout, tuple(names), num_classes * train_per_class,
                                         num_classes * val_per_class, image_size, manifest_path, created=True)
-    if manifest_matches(manifest_path, params, layout):
+    if prepare(manifest_path, params, _OWNED[layout]):
         return dataclasses.replace(result, created=False)
 
-    root.mkdir(parents=True, exist_ok=True)
     files = (_write_imagenet if layout == "imagenet" else _write_cifar)(root, names, params)
     write_manifest(manifest_path, params, names, files)
     return result

@@ -17,7 +17,8 @@ first N samples of a split do not depend on how many samples the split has.
 
 Layout written by :func:`generate_dataset` under ``root``::
 
-    manifest.json                      parameters + "complete" flag, written last
+    manifest.json                      the completion record (utils/completion): parameters, formats,
+                                       "complete": true written last
     coco/train.json, coco/val.json     COCO instances json (category ids 1..K)
     coco/images/{train,val}/*.jpg
     voc/VOC2007/Annotations/*.xml      Pascal VOC layout; ImageSets/Main/train.txt holds the
@@ -37,7 +38,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..modeling.options import check_choice, check_int
-from ..utils.atomic import atomic_write_text
+from ..utils.completion import COMPLETE, mark_complete, mark_started, read_record, state
 from .writers import CocoWriter, VocWriter
 
 try:  # POSIX file locks keep concurrent generators (e.g. DDP ranks) from interleaving
@@ -326,35 +327,29 @@ def _manifest_path(root: str) -> str:
 
 
 def read_manifest(root: str) -> Optional[dict]:
-    """The manifest at ``root``, or None when there is none (or it is unreadable)."""
-    try:
-        with open(_manifest_path(root), "r", encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
+    """The manifest at ``root`` (a completion record whose key is the parameters, also under "params"), or None when
+    there is none (or it is unreadable)."""
+    return read_record(_manifest_path(root))
 
 
 def _write_manifest(root: str, params: dict, formats: Sequence[str], complete: bool) -> dict:
-    manifest = {
+    info = {
         "dataset": "rb_shapes",
         "params": params,
         "formats": [f for f in FORMATS if f in formats],
         "class_names": list(CLASS_NAMES),
-        "complete": bool(complete),
     }
-    atomic_write_text(_manifest_path(root), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    return (mark_complete if complete else mark_started)(_manifest_path(root), params, **info)
 
 
-def _is_complete(manifest: Optional[dict], formats: Sequence[str], params: Optional[dict] = None) -> bool:
-    if not manifest or manifest.get("complete") is not True or not isinstance(manifest.get("params"), dict):
-        return False
-    if manifest["params"].get("generator_version") != GENERATOR_VERSION:
-        return False
-    if params is not None and manifest["params"] != params:
-        return False
-    return set(formats) <= set(manifest.get("formats", ()))
+def _is_complete(root: str, formats: Sequence[str], params: Optional[dict] = None) -> bool:
+    """A complete set with ``params`` (None: the recorded ones, of this generator version) holding ``formats``."""
+    manifest = read_manifest(root)
+    if params is None:
+        params = manifest.get("params") if manifest else None
+        if not isinstance(params, dict) or params.get("generator_version") != GENERATOR_VERSION:
+            return False
+    return state(_manifest_path(root), params) == COMPLETE and set(formats) <= set(manifest.get("formats", ()))
 
 
 @contextlib.contextmanager
@@ -392,8 +387,8 @@ def generate_dataset(
 
     Idempotent: when ``root/manifest.json`` says a complete dataset with the same parameters and
     (at least) these formats is there, nothing is written. A stale dataset (other parameters, or an
-    interrupted run) in ``root/coco`` and ``root/voc`` is removed first. The manifest's
-    ``"complete": true`` is written last.
+    interrupted run) in ``root/coco`` and ``root/voc`` is removed first (utils/completion's rule).
+    The record's ``"complete": true`` is written last.
     """
     formats = _check_formats(formats)
     # detectron2's load_voc_instances reads the split file with np.loadtxt, which returns a 0-d
@@ -409,9 +404,9 @@ def generate_dataset(
     root = os.fspath(root)
     with _locked(root):
         manifest = read_manifest(root)
-        if _is_complete(manifest, formats, params):
+        if _is_complete(root, formats, params):
             return manifest
-        done = list(manifest["formats"]) if _is_complete(manifest, (), params) else []
+        done = list(manifest["formats"]) if _is_complete(root, (), params) else []
         if manifest is not None and not done:
             for folder in _FORMAT_DIRS.values():
                 shutil.rmtree(os.path.join(root, folder), ignore_errors=True)
@@ -443,9 +438,9 @@ def ensure_dataset(root: str, formats: Sequence[str] = FORMATS) -> dict:
     """
     formats = _check_formats(formats)
     manifest = read_manifest(os.fspath(root))
-    if _is_complete(manifest, formats):
+    if _is_complete(os.fspath(root), formats):
         return manifest
-    if _is_complete(manifest, ()):
+    if _is_complete(os.fspath(root), ()):
         p = manifest["params"]
         wanted = tuple(f for f in FORMATS if f in formats or f in manifest["formats"])
         return generate_dataset(root, p["num_train"], p["num_val"], p["image_size"], p["seed"], formats=wanted)

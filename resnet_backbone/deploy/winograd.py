@@ -33,6 +33,8 @@ from typing import Optional, Sequence
 import torch
 
 from . import _ops
+from ..utils.atomic import atomic_write_bytes
+from ..utils.completion import COMPLETE, mark_complete, state
 from .cache import cache_dir, cpu_identity
 
 __all__ = ["VARIANTS", "MIN_TILES", "MIN_CHANNELS", "kernels", "available", "unavailable_reason", "build",
@@ -77,32 +79,31 @@ def _library_path(compiler: str) -> Path:
 def build() -> Path:
     """Compile csrc/winograd.c into the cache folder (RB_CACHE_DIR, default ~/.cache/resnet_backbone) unless the
     library for this source and compiler is there already; returns its path. Raises RuntimeError naming the
-    compiler (RB_CC / CC / cc) and its message when it fails. Written to a temporary name and renamed, so
-    processes building at the same time never load a half-written file."""
+    compiler (RB_CC / CC / cc) and its message when it fails. The compiler writes into a temporary folder; the
+    library is then written through utils/atomic and its completion record (utils/completion) last, so processes
+    building at the same time never load a half-written file, and a library without its record is built again."""
     compiler = _compiler()
     target = _library_path(compiler)
-    if target.is_file():
+    record = target.with_name(target.name + ".complete.json")
+    if state(record, target.name, [target.name]) == COMPLETE:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
-    os.close(fd)
     errors = []
-    try:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix="." + target.stem + ".") as tmp:
+        out = os.path.join(tmp, target.name)
         # OpenMP: parallel over tiles, sharing the libgomp torch loaded (same soname)
         for extra in _OPTIONAL_FLAGS:
-            cmd = [compiler, *_FLAGS, *extra, "-o", tmp, str(SOURCE)]
+            cmd = [compiler, *_FLAGS, *extra, "-o", out, str(SOURCE)]
             try:
                 res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             except (OSError, subprocess.TimeoutExpired) as e:
                 errors.append(f"{' '.join(cmd)}: {e}")
                 break
             if res.returncode == 0:
-                os.replace(tmp, target)
+                atomic_write_bytes(target, Path(out).read_bytes())
+                mark_complete(record, target.name, command=cmd, files=[target.name])
                 return target
             errors.append(f"{' '.join(cmd)}: {res.stderr.strip()[-400:]}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     raise RuntimeError(f"could not build the Winograd kernels with the C compiler {compiler!r} (set RB_CC or CC to "
                        "another one): " + " | ".join(errors))
 
