@@ -57,9 +57,13 @@ def add_resnet_backbone_config(cfg):
         _c.RB_DEPLOY.KERNELS = "measure"
         # wrap the model in torch.compile (inference; falls back to eager with a log line if compiling fails)
         _c.RB_DEPLOY.COMPILE = False
-        # "float32", or "float16" / "bfloat16": inference under torch.autocast on MODEL.DEVICE, outputs float32 (the
-        # accuracy of that precision, ~1e-2 relative; float16 on CUDA, bfloat16 on CUDA GPUs that have it and on CPU)
+        # "float32", or "float16" / "bfloat16": inference in that precision, outputs float32 (its accuracy, ~1e-2
+        # relative): on CPU with ONEDNN bfloat16 weights converted once (float32 on CPUs without bfloat16
+        # instructions), elsewhere torch.autocast (float16 on CUDA, bfloat16 on CUDA GPUs that have it and on CPU)
         _c.RB_DEPLOY.PRECISION = "float32"
+        # "torch", or "openvino": the backbone and the box head's res5 / fc layers run by OpenVINO (CPU, PRECISION
+        # float32 or bfloat16; pip install -e .[deploy]); resnet_backbone/deploy/openvino_parts.py
+        _c.RB_DEPLOY.RUNTIME = "torch"
     if "RB_WEIGHTS" not in _c:
         _c.RB_WEIGHTS = CN()
         # allow MODEL.WEIGHTS to leave more than half of the backbone uninitialised (otherwise the load is refused)
@@ -246,6 +250,7 @@ KEY_CHECKS = {
     "MODEL.RB_DEPLOY.KERNELS": lambda w, v: check_choice(w, v, _choices(".deploy.kernels", "MODES")),
     "MODEL.RB_DEPLOY.COMPILE": _BOOL,
     "MODEL.RB_DEPLOY.PRECISION": lambda w, v: check_choice(w, v, _choices(".deploy.precision", "PRECISIONS")),
+    "MODEL.RB_DEPLOY.RUNTIME": lambda w, v: check_choice(w, v, _choices(".deploy.openvino_parts", "RUNTIMES")),
     "MODEL.RB_WEIGHTS.ALLOW_PARTIAL": _BOOL,
     "MODEL.RB_WEIGHTS.CHECK_PREPROCESSING": _BOOL,
     "MODEL.RB_WEIGHTS.ALLOW_RANDOM_FROZEN": _BOOL,

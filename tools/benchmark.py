@@ -25,6 +25,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from resnet_backbone.benchmarking.peers import PEERS
 from resnet_backbone.benchmarking.sections import SECTIONS, default_sections
 
 # --quick: every section on tiny inputs (a smoke test of the tool, not a measurement); each section adds its own
@@ -41,6 +42,10 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--compile", action="store_true",
                    help="also time the deploy path with torch.compile (skipped with a log line if it fails)")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS,
+                   help="engines users deploy with, timed beside the deploy path on CPU where installed (pip install "
+                        "-e .[deploy]): OpenVINO f32 + bf16, ONNX Runtime, torch.compile inductor with freezing "
+                        "(default: all; none: pass the flag alone)")
     p.add_argument("--no-channels-last", action="store_true", help="deploy path without channels-last")
     p.add_argument("--no-onednn", action="store_true", help="deploy path without the fused oneDNN convolutions")
     p.add_argument("--no-winograd", action="store_true",
@@ -122,7 +127,7 @@ def _measure(args, device, torch, log) -> dict:
                         precisions=tuple(_precisions(args, device, torch)),
                         amp=device.type == "cuda" if args.amp is None else args.amp,
                         layout_variants=_layout_variants(args, device), memory_rounds=args.memory_rounds,
-                        noise_floor=not args.no_noise_floor)
+                        noise_floor=not args.no_noise_floor, peers=tuple(args.peers))
     results = {"environment": _environment(args, device, torch), "arguments": vars(args), "sections": {}}
     for line in machine_lines(results["environment"]):
         log.info(line)

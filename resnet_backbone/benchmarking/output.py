@@ -2,13 +2,13 @@
 import json
 import math
 import os
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from ..utils.atomic import atomic_write_text
 from .sections import section_of
 from ..utils.figures import new_figure, save_figure
 
-__all__ = ["groups", "format_table", "check_targets", "check_deploy", "machine_lines", "write_json",
+__all__ = ["groups", "format_table", "check_targets", "check_deploy", "check_peers", "machine_lines", "write_json",
            "plot_ratios"]
 
 # the project's targets: (section, phase, contender, what is compared, bound) on median times vs the group's
@@ -89,6 +89,7 @@ def format_table(results: dict) -> str:
         if section is not None:
             lines.extend(section.rows(key, value))
     lines.extend(check_deploy(results))
+    lines.extend(check_peers(results))
     for line in check_targets(results):
         lines.append(line)
     return "\n".join(lines)
@@ -113,6 +114,38 @@ def check_deploy(results: dict) -> List[str]:
         if parts:
             out.append(f"deploy vs {group['reference']} / vs plugin without deploy, {section}: " + "; ".join(parts)
                        + f" (all but -rules >= 1.00x: {'met' if ok else 'NOT met'})")
+    return out
+
+
+# contenders that are the peers (benchmarking/peers.py), by precision
+_FP32_PEERS = ("openvino-fp32", "onnxruntime-fp32", "inductor-freezing")
+_BF16_PEERS = ("openvino-bf16",)
+
+
+def _fastest(contenders: dict, names) -> Optional[str]:
+    found = [n for n in names if n in contenders]
+    return min(found, key=lambda n: contenders[n]["median_s"]) if found else None
+
+
+def check_peers(results: dict) -> List[str]:
+    """Per inference group, the deploy path against the fastest peer of its precision: float32 plugin-deploy against
+    OpenVINO / ONNX Runtime / inductor float32, bfloat16 (plugin-deploy-bf16, and with OpenVINO underneath) against
+    OpenVINO bfloat16; speed ratio = peer's median / the deploy path's (>= 1.00: the deploy path is as fast)."""
+    out = []
+    for section, phase, group in groups(results):
+        c = group["contenders"]
+        if phase != "inference":
+            continue
+        for ours, peers, label in ((("plugin-deploy", "plugin-deploy-openvino"), _FP32_PEERS, "float32"),
+                                   (("plugin-deploy-bf16", "plugin-deploy-bf16-openvino"), _BF16_PEERS, "bfloat16")):
+            peer = _fastest(c, peers)
+            mine = [n for n in ours if n in c]
+            if not peer or not mine:
+                continue
+            parts = [f"{n} {c[peer]['median_s'] / c[n]['median_s']:.2f}x" for n in mine]
+            best = max(c[peer]["median_s"] / c[n]["median_s"] for n in mine)
+            out.append(f"deploy vs the fastest {label} peer ({peer}), {section}: " + "; ".join(parts)
+                       + f" (best >= 1.00x: {'met' if best >= 1.0 else 'NOT met'})")
     return out
 
 

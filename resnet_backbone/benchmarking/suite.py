@@ -6,6 +6,7 @@ Results are plain dicts, ready for JSON.
 """
 import contextlib
 import copy
+import math
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -19,10 +20,13 @@ from ..deploy import kernels as _kernels
 from ..deploy import winograd as _winograd
 from ..deploy.precision import autocast_forward
 from ..engine.amp import amp_dtype
+from ..engine import runtimes
+from ..engine.detector_export import compare_outputs
 from ..modeling.factory import create_model
 from .contenders import (backbone_contenders, build_detector, builtin_c4_cfg, detector_inputs, plugin_backbone,
                          plugin_detector_cfg)
 from .flops import achieved_gflops, detector_multiply_adds, multiply_adds
+from .peers import backbone_peers, detector_peers
 from .memory import peak_memory_bytes
 from .pipeline import input_pipeline_throughput
 from .timing import interleaved_timings, ratios
@@ -57,17 +61,20 @@ class Settings:
     # time a deep copy of the reference too: two copies of one model differ only by noise (memory placement, load),
     # which bounds what a ratio between two contenders can resolve
     noise_floor: bool = True
+    # the engines users deploy with, timed beside the deploy path where installed (peers.py: openvino,
+    # onnxruntime, inductor)
+    peers: Sequence[str] = ()
 
 
 def deployed(model: nn.Module, settings: Settings, *, compile: bool = False, winograd=None, kernels=None,
-             precision: str = "float32", channels_last=None) -> nn.Module:
+             precision: str = "float32", channels_last=None, runtime: str = "torch") -> nn.Module:
     """A deep copy of `model` through the deploy path (BN folding, oneDNN fusion with the measured kernel choice
     and Winograd 3x3 convolutions on CPU, channels-last, optionally torch.compile / a reduced precision)."""
     return prepare_for_inference(copy.deepcopy(model), fuse_bn=True,
                                  channels_last=settings.channels_last if channels_last is None else channels_last,
                                  onednn=settings.onednn, compile=compile, precision=precision,
                                  winograd=settings.winograd if winograd is None else winograd,
-                                 kernels=settings.kernels if kernels is None else kernels)
+                                 kernels=settings.kernels if kernels is None else kernels, runtime=runtime)
 
 
 def deploy_state(model: nn.Module) -> dict:
@@ -128,9 +135,29 @@ def _inference_contenders(models, macs, settings, *, deploy_detectron2):
                                                              channels_last=True)
     if settings.compile:
         infer_models["plugin-deploy-compile"] = deployed(plugin, settings, compile=True)
+    if "openvino" in settings.peers and settings.device.type == "cpu" and not runtimes.missing("openvino"):
+        # MODEL.RB_DEPLOY.RUNTIME openvino: the deploy path with OpenVINO underneath its backbone and box head
+        infer_models["plugin-deploy-openvino"] = deployed(plugin, settings, runtime="openvino")
+        if "bfloat16" in settings.precisions:
+            infer_models["plugin-deploy-bf16-openvino"] = deployed(plugin, settings, precision="bfloat16",
+                                                                   runtime="openvino")
     for name in [n for n in infer_models if n not in macs]:
         macs[name] = macs["plugin" if name.startswith("plugin") else "detectron2"]
     return infer_models
+
+
+def _add_peers(infer_models, macs, build, reference: str, settings: Settings, workdir: str) -> Dict[str, str]:
+    """The peers (built by build(model, wanted, workdir) from the reference, same weights) into infer_models with
+    the reference's multiply-adds; returns the peers skipped and why."""
+    if settings.peers and settings.device.type != "cpu":
+        return {p: f"CPU runtimes; the device is {settings.device}" for p in settings.peers}
+    if not settings.peers:
+        return {}
+    found = build(infer_models[reference], settings.peers, workdir)
+    for name, call in found.calls.items():
+        infer_models[name] = call
+        macs[name] = macs[reference]
+    return found.skipped
 
 
 def _max_rel_diff(a, b) -> float:
@@ -239,21 +266,24 @@ def run_backbone_section(depth: int, *, norm: str, freeze_at: int, batch: int, s
     train_models = _training_contenders(models, macs, "detectron2", noise_floor=settings.noise_floor,
                                         amp=settings.amp)
     train = timed_group({k: _backbone_train_step(m, x, amp=_amp_name(k)) for k, m in train_models.items()},
-                         "detectron2", settings, macs=macs, images=batch,
-                         passes=TRAIN_PASSES)
+                        "detectron2", settings, macs=macs, images=batch, passes=TRAIN_PASSES)
 
     # the same deploy path applied to detectron2's own backbone too: what the folding / layout alone is worth
     infer_base = {k: m for k, m in models.items() if k != "plugin-channels-last"}  # deploy has its own variant
     before = _kernels.stats()
     infer_models = _inference_contenders(infer_base, macs, settings, deploy_detectron2=True)
-    with torch.no_grad():  # also the first call of each deploy contender: where the kernel choice is measured
-        ref = models["detectron2"](x)
-        check = {name: _max_rel_diff(infer_models[name](x), ref) for name in infer_models if name != "torchvision"}
-    kernel_choice = kernel_report(infer_models, before)
-    infer = timed_group({k: _inference_call(m, x) for k, m in infer_models.items()}, "detectron2", settings,
-                         macs=macs, images=batch, passes=1.0)
+    with tempfile.TemporaryDirectory(prefix="rb_peers_") as workdir:
+        skipped = _add_peers(infer_models, macs, lambda m, wanted, d: backbone_peers(m, x, wanted, d), "detectron2",
+                             settings, workdir)
+        with torch.no_grad():  # also the first call of each deploy contender / peer: kernel choice, compilation
+            ref = models["detectron2"](x)
+            check = {name: _max_rel_diff(infer_models[name](x), ref) for name in infer_models
+                     if name != "torchvision"}
+        kernel_choice = kernel_report(infer_models, before)
+        infer = timed_group({k: _inference_call(m, x) for k, m in infer_models.items()}, "detectron2", settings,
+                            macs=macs, images=batch, passes=1.0)
     return {"depth": depth, "norm": norm, "freeze_at": freeze_at, "batch": batch, "size": size,
-            "max_rel_diff_vs_detectron2": check, "train": train, "inference": infer,
+            "max_rel_diff_vs_detectron2": check, "peers_skipped": skipped, "train": train, "inference": infer,
             "deploy_state": deploy_state(infer_models["plugin-deploy"]), "kernel_choice": kernel_choice}
 
 
@@ -307,6 +337,17 @@ def _detection_counts(outputs) -> list:
     return [len(o["instances"]) for o in outputs]
 
 
+def _detection_diff(reference, outputs):
+    """Largest absolute difference of boxes and scores after pairing the detections (detector_export), or a note
+    when the two do not give the same number of detections (a reduced precision moves scores across the
+    threshold)."""
+    worst, _, _ = compare_outputs([{"instances": o["instances"]} for o in reference],
+                                  [{"instances": o["instances"]} for o in outputs])
+    if math.isfinite(worst):
+        return worst
+    return f"detections {_detection_counts(outputs)} vs {_detection_counts(reference)}"
+
+
 def run_detector_section(kind: str, config_file: str, *, images: int, height: int, width: int, settings: Settings,
                          opts: Sequence[str] = ()) -> dict:
     """kind "c4": plugin C4 R-101 config vs detectron2's built-in R-101-C4 (same weights); kind "vgg16": the
@@ -336,21 +377,27 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
     train_models = _training_contenders(models, macs, reference, noise_floor=settings.noise_floor and kind == "c4",
                                         amp=settings.amp)
     train = timed_group({k: _detector_train_step(m, inputs, _sgd(m), amp=_amp_name(k), device=device)
-                          for k, m in train_models.items()},
-                         reference, settings, macs=macs, images=images,
-                         passes=TRAIN_PASSES)
+                         for k, m in train_models.items()},
+                        reference, settings, macs=macs, images=images,
+                        passes=TRAIN_PASSES)
 
     infer_base = {k: m for k, m in models.items() if k != "plugin-channels-last"}  # deploy has its own variant
     before = _kernels.stats()
     infer_models = _inference_contenders(infer_base, macs, settings, deploy_detectron2=kind == "c4")
-    with torch.no_grad():  # also the first call of each deploy contender: where the kernel choice is measured
-        counts = {name: _detection_counts(m(inputs)) for name, m in infer_models.items()}
-    kernel_choice = kernel_report(infer_models, before)
-    infer = timed_group({k: _inference_call(m, inputs) for k, m in infer_models.items()}, reference, settings,
-                         macs=macs, images=images, passes=1.0)
+    with tempfile.TemporaryDirectory(prefix="rb_peers_") as workdir:
+        skipped = _add_peers(infer_models, macs, lambda m, wanted, d: detector_peers(m, inputs, wanted, d),
+                             reference, settings, workdir)
+        with torch.no_grad():  # also the first call of each deploy contender / peer: kernel choice, compilation
+            outputs = {name: m(inputs) for name, m in infer_models.items()}
+        counts = {name: _detection_counts(out) for name, out in outputs.items()}
+        diffs = {name: _detection_diff(outputs[reference], out) for name, out in outputs.items() if name != reference}
+        kernel_choice = kernel_report(infer_models, before)
+        infer = timed_group({k: _inference_call(m, inputs) for k, m in infer_models.items()}, reference, settings,
+                            macs=macs, images=images, passes=1.0)
     return {"kind": kind, "config": config_file, "images": images, "height": height, "width": width,
-            "detections_per_image": counts, "train": train, "inference": infer,
-            "deploy_state": deploy_state(infer_models["plugin-deploy"]), "kernel_choice": kernel_choice}
+            "detections_per_image": counts, "max_abs_diff_vs_reference": diffs, "peers_skipped": skipped,
+            "train": train, "inference": infer, "deploy_state": deploy_state(infer_models["plugin-deploy"]),
+            "kernel_choice": kernel_choice}
 
 
 # ---------------------------------------------------------------------------------------------------------------

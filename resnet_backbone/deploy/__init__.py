@@ -18,8 +18,10 @@ what tests/test_deploy.py and tests/test_winograd.py check):
   cached on disk per CPU, torch version and thread count; "rules" keeps the fixed rule without measuring.
 * `to_channels_last` (layout.py): 4-d weights in NHWC order and a pre-hook converting the inputs of the model and
   of every detectron2 Backbone in it, so oneDNN (CPU) / cuDNN run NHWC kernels without reorders.
+* `openvino_parts` (openvino_parts.py, `runtime="openvino"`): the backbone and box head run by OpenVINO instead.
 * `compile_model` (compile.py): `torch.compile`, falling back to eager with a log line when it fails.
-* `run_in_precision` (precision.py): the forward under autocast float16 / bfloat16, outputs float32 (opt-in; the
+* `prepare_bfloat16` (precision.py, CPU with the oneDNN path): the backbone and heads on bfloat16 weights converted
+  once; `run_in_precision` elsewhere: the forward under autocast float16 / bfloat16. Outputs float32 (opt-in; the
   accuracy of that precision, about 1e-2 relative, not 1e-4).
 
 `prepare_for_inference(model, ...)` applies them in that order; `apply_deploy_config(cfg, model)` does the same
@@ -39,7 +41,8 @@ from .compile import compile_model
 from .fold import fold_batchnorm
 from .layout import channels_last_helps, to_channels_last
 from .onednn import OneDNNConv2d, fuse_onednn, onednn_available
-from .precision import PRECISIONS, precision_supported, run_in_precision
+from .openvino_parts import RUNTIMES, openvino_parts
+from .precision import PRECISIONS, native_bf16, precision_supported, prepare_bfloat16, run_in_precision
 
 __all__ = ["fold_batchnorm", "fuse_onednn", "onednn_available", "OneDNNConv2d", "to_channels_last",
            "channels_last_helps", "compile_model", "prepare_for_inference", "apply_deploy_config", "winograd",
@@ -61,7 +64,8 @@ def _device_of(model: nn.Module) -> torch.device:
 def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_last: Union[bool, str] = "auto",
                           onednn: Union[bool, str] = "auto", winograd: Union[bool, str] = "auto",
                           kernels: str = "measure", compile: bool = False,
-                          compile_kwargs: Optional[dict] = None, precision: str = "float32") -> nn.Module:
+                          compile_kwargs: Optional[dict] = None, precision: str = "float32",
+                          runtime: str = "torch") -> nn.Module:
     """Put `model` in eval mode, without gradients, and apply the deploy path: BN folding, oneDNN fusion (with
     Winograd 3x3 convolutions), channels-last, torch.compile.
 
@@ -73,8 +77,12 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
     kernels: "measure" (each oneDNN-path convolution times its candidate kernels on its first input of each shape
         and keeps the fastest; cached on disk under RB_CACHE_DIR) or "rules" (the fixed rule, no measuring); see
         deploy/kernels.py.
-    precision: "float32", or "float16" / "bfloat16": every call under torch.autocast on the model's device, outputs
-        float32 (see precision.py; on CPU the convolutions then run through F.conv2d, which autocast casts).
+    precision: "float32", or "float16" / "bfloat16". On CPU with the oneDNN path, "bfloat16" converts the weights of
+        the backbone and heads once (precision.prepare_bfloat16: packed bfloat16 oneDNN kernels, fused epilogues, no
+        autocast; float32 where the CPU has no bfloat16 instructions, which would make it slower). Otherwise every
+        call runs under torch.autocast on the model's device; outputs float32 either way (see precision.py).
+    runtime: "torch", or "openvino": after BN folding, the backbone and the box head's heavy parts run by OpenVINO
+        in `precision` (openvino_parts.py); onednn, winograd, channels_last and compile then do not apply.
     Modifies the model in place (except compile, which wraps it); use the returned module.
     """
     check_choice("channels_last", channels_last, _AUTO_CHOICES)
@@ -84,12 +92,16 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
     check_choice("fuse_bn", fuse_bn, (True, False))
     check_choice("compile", compile, (True, False))
     check_choice("precision", str(precision).replace("torch.", ""), PRECISIONS)
+    check_choice("runtime", runtime, RUNTIMES)
     model.eval()
     model.requires_grad_(False)  # inference: no autograd state, and the fused oneDNN kernels apply in any context
     device = _device_of(model)
     if fuse_bn:
         n = fold_batchnorm(model)
         logger.info("deploy: folded %d norm layers into their convolutions", n)
+    if runtime == "openvino":
+        openvino_parts(model, str(precision).replace("torch.", ""))
+        return model
     if onednn == "auto":
         onednn = onednn_available(device)
     elif onednn and device.type != "cpu":
@@ -106,6 +118,14 @@ def prepare_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_la
         channels_last = channels_last_helps(device)
     if channels_last:
         to_channels_last(model)
+    precision = str(precision).replace("torch.", "")
+    if precision == "bfloat16" and device.type == "cpu" and onednn:
+        if native_bf16():
+            prepare_bfloat16(model)  # weights converted once, packed bfloat16 oneDNN kernels, no autocast
+        else:
+            logger.warning("deploy: precision bfloat16 ignored: this CPU has no bfloat16 instructions (AVX512-BF16 / "
+                           "AMX-BF16), where bfloat16 runs slower than float32; the model stays float32")
+        precision = "float32"
     if compile:
         model = compile_model(model, **(compile_kwargs or {}))
     # outermost, so that a compiled model is traced (and guarded) under the autocast state of its calls
@@ -124,6 +144,7 @@ def apply_deploy_config(cfg, model: nn.Module) -> nn.Module:
         check_choice(f"MODEL.RB_DEPLOY.{key.upper()}", value, (True, False))
     kernels = check_choice("MODEL.RB_DEPLOY.KERNELS", d.get("KERNELS", "measure"), _kernels.MODES)
     precision = check_choice("MODEL.RB_DEPLOY.PRECISION", d.get("PRECISION", "float32"), PRECISIONS)
-    if not any(options.values()) and precision == "float32":
+    runtime = check_choice("MODEL.RB_DEPLOY.RUNTIME", d.RUNTIME, RUNTIMES)
+    if not any(options.values()) and precision == "float32" and runtime == "torch":
         return model
-    return prepare_for_inference(model, kernels=kernels, precision=precision, **options)
+    return prepare_for_inference(model, kernels=kernels, precision=precision, runtime=runtime, **options)

@@ -123,7 +123,7 @@ class OneDNNConv2d(Conv2d):
             y += add
         return F.relu_(y) if relu else y
 
-    def _run(self, kernel: str, x, relu: bool, add):
+    def _run(self, kernel: str, x, relu: bool, add, add_owned: bool = False):
         if kernel.startswith("winograd"):
             m = int(kernel[len("winograd"):])
             u = self._cached(("winograd", m), lambda w: _winograd.WinogradWeight(w, m))
@@ -132,6 +132,13 @@ class OneDNNConv2d(Conv2d):
             packed = self._cached("onednn", self._pack)
             geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             if add is not None:
+                inplace = _ops.onednn_add_inplace() if add_owned else None
+                nhwc = torch.channels_last
+                if inplace is not None and add.dtype == x.dtype and add.is_contiguous(memory_format=nhwc) \
+                        and x.is_contiguous(memory_format=nhwc):
+                    # the addend is dead after this call: oneDNN adds into it (sum post-op), no extra output pass
+                    return inplace(add, x, packed, self.bias, *geometry, "add", None, "relu" if relu else None, [],
+                                   None)
                 return _ops.onednn_ops()[1](x, add, packed, self.bias, *geometry, "add", None,
                                             "relu" if relu else None, [], None)
             return _ops.onednn_ops()[0](x, packed, self.bias, *geometry, "relu" if relu else "none", [], None)
@@ -139,11 +146,16 @@ class OneDNNConv2d(Conv2d):
         weight = self._cached(self._slot(kernel), lambda w: w.contiguous(memory_format=fmt))
         return self._direct(x.contiguous(memory_format=fmt), weight, relu, add)
 
-    def forward(self, x, relu: bool = False, add: Optional[torch.Tensor] = None):
+    def forward(self, x, relu: bool = False, add: Optional[torch.Tensor] = None, add_owned: bool = False):
+        """add_owned: the caller does not use `add` after this call, so the packed oneDNN kernel may write the result
+        into it (the fused residual blocks pass it for a shortcut's output or a block input nobody else holds)."""
+        if self.weight.dtype == torch.bfloat16 and x.dtype == torch.float32:  # precision.prepare_bfloat16's layers
+            x = x.to(torch.bfloat16)
+            add = add.to(torch.bfloat16) if add is not None else None
         if not self._fast_path_ok(x):
             y = self._direct(x, self.weight, relu, add)
         else:
-            y = self._run(self._kernel_for(x, relu, add), x, relu, add)
+            y = self._run(self._kernel_for(x, relu, add), x, relu, add, add_owned)
         if self.activation is not None:
             y = self.activation(y)
         return y
@@ -197,6 +209,9 @@ class _FusedResidualBlock(nn.Module):
         self.shortcut = block.shortcut
         # plain nets (paper Sec 4.1) have no addition: the last conv only gets its ReLU
         self.residual = getattr(block, "shortcut_option", "B") != "none"
+        # set by fuse_onednn for a block whose input is the previous fused block's output within the same
+        # nn.Sequential (a stage): no one else holds it, so the last convolution may add into it in place
+        self.owns_input = False
 
     def forward(self, x):
         out = x
@@ -205,8 +220,9 @@ class _FusedResidualBlock(nn.Module):
         last = getattr(self, self.branch[-1])
         if not self.residual:
             return last(out, relu=True)
-        identity = self.shortcut(x) if self.shortcut is not None else x
-        return last(out, relu=True, add=identity)
+        if self.shortcut is not None:  # a fresh tensor: the last convolution may add into it
+            return last(out, relu=True, add=self.shortcut(x), add_owned=True)
+        return last(out, relu=True, add=x, add_owned=self.owns_input)
 
 
 class _FusedStem(nn.Module):
@@ -265,9 +281,15 @@ def fuse_onednn(model: nn.Module, winograd: bool = False, kernels: str = "measur
                 module.winograd = True
                 counts["winograd"] += 1
     for parent in list(model.modules()):
+        previous = None
         for name, child in list(parent.named_children()):
             fused = _fused_replacement(child)
             if fused is not None:
                 setattr(parent, name, fused)
                 counts["blocks"] += 1
+                # in a stage (nn.Sequential) a block's input is the previous block's output, held by no one else
+                if isinstance(fused, _FusedResidualBlock) and isinstance(parent, nn.Sequential) \
+                        and isinstance(previous, _FusedResidualBlock):
+                    fused.owns_input = True
+            previous = fused
     return counts

@@ -1,5 +1,10 @@
-"""Reduced precision: a model's forward under `torch.autocast` (float16 / bfloat16); for inference with float32
-outputs (`run_in_precision`), for a training step's forward only (`autocast_forward`).
+"""Reduced precision for inference and training.
+
+* `prepare_bfloat16` (the CPU deploy path's bfloat16): the convolution-heavy parts of a model on bfloat16 weights
+  converted once, run by the deploy path's packed oneDNN kernels (AMX where the CPU has it) with their fused
+  epilogues; float32 in and out of each part, no autocast.
+* `run_in_precision` / `autocast_forward`: a model's forward under `torch.autocast` (float16 / bfloat16; CUDA, and
+  CPU models without the oneDNN path), for inference with float32 outputs, for a training step's forward only.
 
 Autocast is what detectron2 documents for mixed-precision inference ("run inference under autocast()"): convolutions
 and matrix products run in the low precision, while the ops autocast keeps in float32 (losses, softmax, RoIAlign,
@@ -14,7 +19,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "precision_dtype", "precision_supported", "run_in_precision", "autocast_forward"]
+__all__ = ["PRECISIONS", "BF16_PARTS", "precision_dtype", "precision_supported", "run_in_precision", "autocast_forward",
+           "bf16_parts", "prepare_bfloat16", "native_bf16"]
 
 PRECISIONS = ("float32", "float16", "bfloat16")
 _state = threading.local()
@@ -41,6 +47,14 @@ def precision_supported(device: Union[str, torch.device], precision: Union[str, 
     if device.type == "cuda":
         return torch.cuda.is_available() and (dtype == torch.float16 or torch.cuda.is_bf16_supported())
     return device.type == "cpu" and dtype == torch.bfloat16
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16): without them bfloat16 kernels convert
+    in software and run slower than float32."""
+    from .cache import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def _to_float32(obj):
@@ -149,4 +163,77 @@ def run_in_precision(model: nn.Module, precision: Union[str, torch.dtype, None],
     model.register_forward_pre_hook(enter)
     model.register_forward_hook(leave, always_call=True)
     model._rb_precision = str(dtype).replace("torch.", "")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bfloat16 on weights converted once (CPU deploy path)
+# ---------------------------------------------------------------------------------------------------------------
+
+# the parts of a detectron2 detector that run in bfloat16: the convolution / matrix-product-heavy modules with
+# tensor inputs; what lies between them (anchors, proposal selection, RoI pooling, box decoding, NMS) stays float32
+BF16_PARTS = ("backbone", "proposal_generator.rpn_head", "roi_heads.res5", "roi_heads.box_head")
+_WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)  # detectron2's Conv2d and the deploy path's OneDNNConv2d included
+
+
+def _to_dtype(obj, dtype, only=torch.float32):
+    """Tensors of dtype `only` (also inside dicts / lists / tuples) as `dtype`; anything else as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.dtype == only else obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_dtype(v, dtype, only)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        return type(obj)(_to_dtype(v, dtype, only) for v in obj)
+    return obj
+
+
+def _enter_bf16(_module, args):
+    return _to_dtype(args, torch.bfloat16)
+
+
+def _leave_bf16(_module, _args, output):
+    return _to_float32(output)
+
+
+def _cast_input(module, args, kwargs):
+    """Inputs of a bfloat16 layer in its dtype (a float32 op between two layers, e.g. a norm that was not folded,
+    promotes its output to float32)."""
+    dtype = module.weight.dtype
+    return _to_dtype(args, dtype), _to_dtype(kwargs, dtype)
+
+
+def bf16_parts(model: nn.Module) -> list:
+    """(name, module) of the parts `prepare_bfloat16` runs in bfloat16: BF16_PARTS where the model has them,
+    else the whole model (a backbone or classifier)."""
+    parts = []
+    for path in BF16_PARTS:
+        try:
+            parts.append((path, model.get_submodule(path)))
+        except AttributeError:
+            continue
+    return parts or [("", model)]
+
+
+def prepare_bfloat16(model: nn.Module) -> nn.Module:
+    """Run the heavy parts of an inference model (`bf16_parts`) in bfloat16 on weights converted once: every
+    Conv2d / Linear weight and bias in them becomes bfloat16 (the deploy path's OneDNNConv2d then packs it once into
+    oneDNN's layout and runs bfloat16 kernels, AMX where the CPU has it, with its fused epilogue), each part casts
+    its float32 inputs to bfloat16 on entry and its outputs to float32 on exit. No autocast, no per-call weight
+    casts. Call it after fold_batchnorm / fuse_onednn (the folding is done in float64, rounded once to bfloat16).
+    Modifies the model in place; ValueError if it already runs in a reduced precision."""
+    if getattr(model, "_rb_precision", None) is not None:
+        raise ValueError(f"the model already runs in {model._rb_precision}")
+    for _, part in bf16_parts(model):
+        for layer in part.modules():
+            if not isinstance(layer, _WEIGHT_LAYERS) or layer.weight.dtype != torch.float32:
+                continue
+            for name in ("weight", "bias"):
+                p = getattr(layer, name)
+                if p is not None:
+                    setattr(layer, name, nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
+            if type(layer).__name__ != "OneDNNConv2d":  # it casts its own input (onednn.py)
+                layer.register_forward_pre_hook(_cast_input, with_kwargs=True)
+        part.register_forward_pre_hook(_enter_bf16)
+        part.register_forward_hook(_leave_bf16, always_call=True)
+    model._rb_precision = "bfloat16"
     return model

@@ -88,6 +88,9 @@ class ExportResult:
 def check_exportable_config(cfg):
     """Refuse the eager-only MODEL.RB_DEPLOY settings with a message naming them and what exports instead."""
     on = [f"MODEL.RB_DEPLOY.{k}" for k in EAGER_ONLY_DEPLOY_KEYS if cfg.MODEL.RB_DEPLOY.get(k, False)]
+    if cfg.MODEL.RB_DEPLOY.RUNTIME != "torch":
+        raise ValueError(f"MODEL.RB_DEPLOY.RUNTIME {cfg.MODEL.RB_DEPLOY.RUNTIME} cannot be exported (its parts run "
+                         f"in OpenVINO already); export with RUNTIME torch, e.g. --format openvino.")
     if on:
         raise ValueError(f"{', '.join(on)} True cannot be exported: {_EAGER_ONLY}; {_EXPORTABLE}.")
 
@@ -99,6 +102,10 @@ def check_exportable_model(model: nn.Module):
     if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
         raise ValueError(f"a torch.compile'd model cannot be exported: {_EAGER_ONLY}; {_EXPORTABLE}.")
     fused = [name for name, m in model.named_modules() if isinstance(m, OneDNNConv2d)]
+    underneath = [name for name, m in model.named_modules() if getattr(m, "openvino_part", False)]
+    if underneath:
+        raise ValueError(f"{underneath[0] or 'the model'} runs in OpenVINO (MODEL.RB_DEPLOY.RUNTIME openvino) and "
+                         f"cannot be exported again; export the model with RUNTIME torch, e.g. --format openvino.")
     if fused:
         raise ValueError(f"the model holds {len(fused)} fused oneDNN / Winograd convolutions (e.g. {fused[0]}), "
                          f"which cannot be exported: {_EAGER_ONLY}; {_EXPORTABLE}.")
