@@ -173,12 +173,17 @@ def test_bfloat16_c4_detector_runs_backbone_and_heads_in_bfloat16():
     assert fast.backbone.stem.conv1.weight.dtype == torch.bfloat16
     assert fast.roi_heads.res5[0].conv1.weight.dtype == torch.bfloat16
     assert fast.proposal_generator.rpn_head.objectness_logits.weight.dtype == torch.bfloat16
-    assert fast.roi_heads.box_predictor.cls_score.weight.dtype == torch.float32  # after the float32 exit cast
+    assert fast.roi_heads.box_predictor.cls_score.weight.dtype == torch.bfloat16  # res5's output goes on as it is
     image = (torch.rand(3, 64, 96) * 255).to(torch.uint8)
     with torch.no_grad():
         x = fast.preprocess_image([{"image": image}]).tensor
         assert _rel_err(fast.backbone(x), model.backbone(x)) < BF16_RTOL
         (out,) = fast([{"image": image, "height": 64, "width": 96}])
+        pooled = torch.randn(5, 1024, 14, 14)
+        ref_scores, ref_deltas = model.roi_heads.box_predictor(model.roi_heads.res5(pooled).mean(dim=[2, 3]))
+        scores, deltas = fast.roi_heads.box_predictor(fast.roi_heads.res5(pooled).mean(dim=[2, 3]))
+    assert scores.dtype == deltas.dtype == torch.float32
+    assert _rel_err(scores, ref_scores) < BF16_RTOL and _rel_err(deltas, ref_deltas) < BF16_RTOL
     inst = out["instances"]
     assert inst.image_size == (64, 96) and inst.pred_boxes.tensor.dtype == inst.scores.dtype == torch.float32
 

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 RUNTIMES = ("torch", "openvino")
 STATIC_SHAPES = 8  # input shapes compiled with static shapes per part; later ones share one dynamic compilation
 _COMPILED = "_rb_openvino"
-_NO_LIST_INPUTS = ("proposal_generator.rpn_head",)  # takes a list of feature maps: stays in torch (a small part)
+# stay in torch: the RPN head takes a list of feature maps, the box predictor two small matrix products
+_TORCH_PARTS = ("proposal_generator.rpn_head", "roi_heads.box_predictor")
 
 
 class _Eager(nn.Module):
@@ -98,9 +99,9 @@ def _getstate(self):  # the compiled model is derived (and not copyable): rebuil
 
 
 def openvino_parts(model: nn.Module, precision: str = "float32") -> list:
-    """Run `model`'s heavy parts (precision.bf16_parts: backbone, res5 / box head; or the whole model) through
-    OpenVINO in `precision` ("float32" or "bfloat16"), in place; returns the names of the parts. ValueError when
-    openvino is not installed or the precision is not one of those two."""
+    """Run `model`'s heavy parts (precision.bf16_parts but the RPN head and box predictor: backbone, res5 / box
+    head; or the whole model) through OpenVINO in `precision` ("float32" or "bfloat16"), in place; returns the
+    names of the parts. ValueError when openvino is not installed or the precision is not one of those two."""
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"MODEL.RB_DEPLOY.RUNTIME openvino runs float32 or bfloat16, got precision {precision!r}")
     reason = runtimes.missing("openvino")
@@ -109,7 +110,7 @@ def openvino_parts(model: nn.Module, precision: str = "float32") -> list:
     hint = "bf16" if precision == "bfloat16" else "f32"
     names = []
     for name, part in bf16_parts(model):
-        if name in _NO_LIST_INPUTS:
+        if name in _TORCH_PARTS:
             continue
         cls = type(part)
         part.__class__ = type(f"OpenVINO{cls.__name__}", (cls,), {

@@ -172,7 +172,11 @@ def run_in_precision(model: nn.Module, precision: Union[str, torch.dtype, None],
 
 # the parts of a detectron2 detector that run in bfloat16: the convolution / matrix-product-heavy modules with
 # tensor inputs; what lies between them (anchors, proposal selection, RoI pooling, box decoding, NMS) stays float32
-BF16_PARTS = ("backbone", "proposal_generator.rpn_head", "roi_heads.res5", "roi_heads.box_head")
+BF16_PARTS = ("backbone", "proposal_generator.rpn_head", "roi_heads.res5", "roi_heads.box_head",
+              "roi_heads.box_predictor")
+# a part whose output stays bfloat16 when the part after it is bfloat16 too: the C4 head's res5 output on 1000 RoIs
+# is 100M values, whose float32 copy (and the mean over it) cost as much memory traffic as res5's last layers
+_KEEP_BF16 = {"roi_heads.res5": "roi_heads.box_predictor"}
 _WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)  # detectron2's Conv2d and the deploy path's OneDNNConv2d included
 
 
@@ -218,12 +222,15 @@ def prepare_bfloat16(model: nn.Module) -> nn.Module:
     """Run the heavy parts of an inference model (`bf16_parts`) in bfloat16 on weights converted once: every
     Conv2d / Linear weight and bias in them becomes bfloat16 (the deploy path's OneDNNConv2d then packs it once into
     oneDNN's layout and runs bfloat16 kernels, AMX where the CPU has it, with its fused epilogue), each part casts
-    its float32 inputs to bfloat16 on entry and its outputs to float32 on exit. No autocast, no per-call weight
+    its float32 inputs to bfloat16 on entry and its outputs to float32 on exit (except res5's, which goes to the
+    bfloat16 box predictor as it is, when no mask head reads it). No autocast, no per-call weight
     casts. Call it after fold_batchnorm / fuse_onednn (the folding is done in float64, rounded once to bfloat16).
     Modifies the model in place; ValueError if it already runs in a reduced precision."""
     if getattr(model, "_rb_precision", None) is not None:
         raise ValueError(f"the model already runs in {model._rb_precision}")
-    for _, part in bf16_parts(model):
+    parts = dict(bf16_parts(model))
+    mask_on = getattr(getattr(model, "roi_heads", None), "mask_on", False)  # the mask head reads res5's output too
+    for path, part in parts.items():
         for layer in part.modules():
             if not isinstance(layer, _WEIGHT_LAYERS) or layer.weight.dtype != torch.float32:
                 continue
@@ -234,6 +241,7 @@ def prepare_bfloat16(model: nn.Module) -> nn.Module:
             if type(layer).__name__ != "OneDNNConv2d":  # it casts its own input (onednn.py)
                 layer.register_forward_pre_hook(_cast_input, with_kwargs=True)
         part.register_forward_pre_hook(_enter_bf16)
-        part.register_forward_hook(_leave_bf16, always_call=True)
+        if not (_KEEP_BF16.get(path) in parts and not mask_on):
+            part.register_forward_hook(_leave_bf16, always_call=True)
     model._rb_precision = "bfloat16"
     return model
