@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import randomize_norms
+from detectron2.config import LazyConfig
 from detectron2.layers import FrozenBatchNorm2d
 from omegaconf import OmegaConf
 
@@ -151,6 +152,14 @@ def test_yacs_view_reads_each_key_where_the_table_says(name):
             have, want = [str(v) for v in have], [str(v) for v in (OmegaConf.to_object(want) if not
                                                                    isinstance(want, str) else [want])]
         assert have == want, key
+
+
+def test_the_config_a_lazy_run_saved_loads_as_a_lazy_config(tmp_path):
+    run = load("lazy", MODEL__DEVICE="cpu")
+    LazyConfig.save(run.cfg, str(tmp_path / "config.yaml"))
+    again = RunConfig.load(str(tmp_path / "config.yaml"))
+    assert again.is_lazy and again.view.MODEL.DEVICE == "cpu" and again.key("MODEL.WEIGHTS") == "train.init_checkpoint"
+    assert not RunConfig.load(YAML, ["MODEL.DEVICE", "cpu"]).is_lazy
 
 
 def test_a_lazy_config_without_the_plugins_train_keys_is_named(tmp_path):

@@ -1,7 +1,7 @@
 """One way from a config to a model, for both config kinds the tools take: a yacs YAML with KEY VALUE overrides
 (configs/coco, configs/voc) or a LazyConfig with key=value overrides (configs/lazy).
 
-    run = RunConfig.load(config_file, opts)  # a .py file is a LazyConfig (engine/lazy.py), else YAML (config_io.py)
+    run = RunConfig.load(config_file, opts)  # a LazyConfig (engine/lazy.py) or a YAML config (config_io.py)
     run.check(datasets=("TRAIN", "TEST"))    # device, weights' preprocessing, datasets
     model = run.inference_model()            # build, load MODEL.WEIGHTS safely, apply MODEL.RB_DEPLOY.*
 
@@ -14,6 +14,7 @@ import os
 from contextlib import contextmanager
 from typing import Sequence
 
+import yaml
 from detectron2.config import CfgNode, instantiate
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.modeling import build_model
@@ -33,6 +34,17 @@ _NOT_WEIGHTS = ("running_mean", "running_var", "num_batches_tracked")
 _SPLITS = ("TRAIN", "TEST")
 
 
+def _is_lazy_config(path: str) -> bool:
+    if os.path.splitext(path)[1] == ".py":
+        return True
+    try:
+        with open(path) as f:
+            top = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False  # load_config names the problem
+    return isinstance(top, dict) and "model" in top and "train" in top  # yacs keys are upper case
+
+
 class RunConfig:
     """A loaded config (`cfg`: a yacs CfgNode or a LazyConfig) and the steps every tool takes from it to a model."""
 
@@ -43,9 +55,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, config_file: str, opts: Sequence[str] = (), *, lazy=None) -> "RunConfig":
-        """The config with its overrides; `lazy` None: a LazyConfig when the file is a .py."""
+        """The config with its overrides; `lazy` None: a LazyConfig when the file is one (a .py, or the config.yaml
+        a LazyConfig run saved)."""
         if lazy is None:
-            lazy = os.path.splitext(config_file)[1] == ".py"
+            lazy = _is_lazy_config(config_file)
         return cls(load_lazy_config(config_file, opts) if lazy else load_config(config_file, opts), config_file)
 
     @property
