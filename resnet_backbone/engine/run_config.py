@@ -25,7 +25,7 @@ from ..data.checked_mapper import CheckedDatasetMapper
 from ..data.register import check_dataset_registered, register_synthetic_datasets
 from ..deploy import apply_deploy_config
 from .config_io import check_device, load_config
-from .lazy import lazy_key, lazy_keys_named, load_lazy_config, yacs_view
+from .lazy import lazy_keys_named, load_lazy_config, yacs_view
 
 __all__ = ["RunConfig"]
 
@@ -48,9 +48,8 @@ def _is_lazy_config(path: str) -> bool:
 class RunConfig:
     """A loaded config (`cfg`: a yacs CfgNode or a LazyConfig) and the steps every tool takes from it to a model."""
 
-    def __init__(self, cfg, config_file: str = ""):
+    def __init__(self, cfg):
         self.cfg = cfg
-        self.config_file = config_file
         self.is_lazy = not isinstance(cfg, CfgNode)
 
     @classmethod
@@ -59,17 +58,13 @@ class RunConfig:
         a LazyConfig run saved)."""
         if lazy is None:
             lazy = _is_lazy_config(config_file)
-        return cls(load_lazy_config(config_file, opts) if lazy else load_config(config_file, opts), config_file)
+        return cls(load_lazy_config(config_file, opts) if lazy else load_config(config_file, opts))
 
     @property
     def view(self) -> CfgNode:
         """The yacs keys the checks read: the config itself, or what a LazyConfig says about them (fresh each time:
         it follows changes to the LazyConfig)."""
         return yacs_view(self.cfg) if self.is_lazy else self.cfg
-
-    def key(self, yacs_key: str) -> str:
-        """`yacs_key` as this config spells it (MODEL.WEIGHTS, or train.init_checkpoint in a LazyConfig)."""
-        return lazy_key(self.cfg, yacs_key) if self.is_lazy else yacs_key
 
     @contextmanager
     def _in_its_keys(self):
