@@ -409,3 +409,34 @@ def test_channels_last_backbone_computes_the_same_function():
         channels_last_from_cfg(cfg)
     with pytest.raises(ValueError, match="channels_last"):
         ResNet(18, channels_last="yes")
+
+
+def test_every_plugin_backbone_has_one_spec_entry():
+    """d2/specs.py describes each backbone the plugin registers, once (where a new backbone is added)."""
+    from resnet_backbone.d2 import backbones
+    from resnet_backbone.d2.specs import BACKBONE_SPECS
+
+    registered = {name for name, obj in BACKBONE_REGISTRY._obj_map.items() if obj.__module__ == backbones.__name__}
+    assert registered == {name for name, spec in BACKBONE_SPECS.items() if spec.layout is not None}
+    for name in ("build_resnet_backbone", "build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone"):
+        assert name in BACKBONE_REGISTRY and BACKBONE_SPECS[name].family == "resnet"  # detectron2's own
+
+
+@pytest.mark.parametrize("config", ["coco/frcnn_r101.yaml", "coco/frcnn_vgg16.yaml", "coco/mask_rcnn_r101_fpn.yaml",
+                                    "coco/retinanet_r101_fpn.yaml", "voc/frcnn_r101.yaml", "voc/frcnn_vgg16.yaml"])
+def test_shipped_configs_start_from_their_backbones_imagenet_weights(config):
+    """The spec's ImageNet weights and their preprocessing are what the paper's configs use (one source of both)."""
+    from resnet_backbone.checkpoint.provenance import PROVENANCE
+    from resnet_backbone.d2.specs import backbone_spec
+    from resnet_backbone.engine.config_io import load_config
+
+    cfg = load_config(str(REPO / "configs" / config))
+    spec = backbone_spec(cfg)
+    assert cfg.MODEL.WEIGHTS == spec.imagenet_weights.format(**spec.fields(cfg))
+    want = PROVENANCE[spec.weights_source].detectron2_settings()
+    assert [round(v, 3) for v in cfg.MODEL.PIXEL_MEAN] == [round(v, 3) for v in want["MODEL.PIXEL_MEAN"]]
+    assert [round(v, 3) for v in cfg.MODEL.PIXEL_STD] == [round(v, 3) for v in want["MODEL.PIXEL_STD"]]
+    assert cfg.INPUT.FORMAT == want["INPUT.FORMAT"]
+    label = {"r101": "ResNet-101", "vgg16": "VGG-16"}[config.split("_")[1].split(".")[0]] if "frcnn" in config \
+        else "ResNet-101"
+    assert spec.label_for(cfg) == label
