@@ -115,12 +115,12 @@ def _compiled(module: nn.Module) -> nn.Module:
 def _inductor_missing() -> str:
     if getattr(torch, "compile", None) is None:
         return f"torch {torch.__version__} has no torch.compile"
-    from torch._inductor import cpp_builder
-
     try:
+        from torch._inductor import cpp_builder
+
         cpp_builder.get_cpp_compiler()
-    except Exception as e:
-        return f"inductor needs a C++ compiler ({e})"
+    except Exception as e:  # ImportError in torch builds without it, RuntimeError without a compiler
+        return f"inductor needs a C++ compiler ({type(e).__name__}: {e})"
     return ""
 
 

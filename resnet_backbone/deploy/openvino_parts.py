@@ -116,6 +116,6 @@ def openvino_parts(model: nn.Module, precision: str = "float32") -> list:
         part.__class__ = type(f"OpenVINO{cls.__name__}", (cls,), {
             "forward": _openvino_forward(cls.forward, hint), "__getstate__": _getstate,
             "__module__": cls.__module__, "openvino_part": True})
-        names.append(name or type(model).__name__)
+        names.append(name or cls.__name__)
     logger.info("deploy: %s run by OpenVINO (%s)", ", ".join(names), hint)
     return names
