@@ -200,11 +200,15 @@ def test_openvino_underneath_the_backbone_and_res5(tmp_path):
     model = randomize_norms(build_model(cfg)).eval()
     fast = apply_deploy_config(cfg, copy.deepcopy(model))
     assert fast.backbone.openvino_part and fast.roi_heads.res5.openvino_part
-    assert not hasattr(fast.proposal_generator.rpn_head, "openvino_part")
+    assert fast.proposal_generator.rpn_head.openvino_part  # on a list of one feature map
+    assert not hasattr(fast.roi_heads.box_predictor, "openvino_part")
     with torch.no_grad():
         for shape in ((1, 3, 64, 96), (2, 3, 96, 64)):
             x = torch.randn(*shape)
             assert _rel_err(fast.backbone(x), model.backbone(x)) < RTOL
+        res4 = [model.backbone(torch.randn(1, 3, 64, 96))["res4"]]
+        for a, b in zip(fast.proposal_generator.rpn_head(res4), model.proposal_generator.rpn_head(res4)):
+            assert isinstance(a, list) and _rel_err(a[0], b[0]) < RTOL
         pooled = torch.randn(7, 1024, 14, 14)
         assert _rel_err(copy.deepcopy(fast).roi_heads.res5(pooled), model.roi_heads.res5(pooled)) < RTOL
         image = (torch.rand(3, 64, 96) * 255).to(torch.uint8)

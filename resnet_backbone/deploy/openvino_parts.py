@@ -1,6 +1,6 @@
-"""OpenVINO underneath the deploy path (`MODEL.RB_DEPLOY.RUNTIME openvino`): the backbone and the box head's
-convolution-heavy parts run by OpenVINO's CPU plugin, the rest of the detector (anchors, proposal selection, RoI
-pooling, box decoding, NMS) by detectron2 as always.
+"""OpenVINO underneath the deploy path (`MODEL.RB_DEPLOY.RUNTIME openvino`): the backbone, the RPN head (on one
+feature map: C4, VGG-16) and the box head's convolution-heavy parts run by OpenVINO's CPU plugin, the rest of the
+detector (anchors, proposal selection, RoI pooling, box decoding, NMS) by detectron2 as always.
 
 Measured by tools/benchmark.py ("plugin-deploy-openvino" / "plugin-deploy-bf16-openvino") because OpenVINO's
 bfloat16 kernels (blocked layouts, AMX) ran the ResNet-101 backbone 1.6x faster than the packed oneDNN kernels
@@ -17,6 +17,7 @@ from typing import Dict
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..engine import runtimes
 from .precision import bf16_parts
@@ -28,34 +29,37 @@ logger = logging.getLogger(__name__)
 RUNTIMES = ("torch", "openvino")
 STATIC_SHAPES = 8  # input shapes compiled with static shapes per part; later ones share one dynamic compilation
 _COMPILED = "_rb_openvino"
-# stay in torch: the RPN head takes a list of feature maps, the box predictor two small matrix products
-_TORCH_PARTS = ("proposal_generator.rpn_head", "roi_heads.box_predictor")
+# stays in torch: two small matrix products on the pooled features
+_TORCH_PARTS = ("roi_heads.box_predictor",)
 
 
 class _Eager(nn.Module):
-    """The part's own forward, for the ONNX export (the part's class forward is replaced)."""
+    """The part's own forward on one tensor, for the ONNX export (the part's class forward is replaced); `listed`:
+    the part takes a list of feature maps (the RPN head), here one."""
 
-    def __init__(self, part, forward):
+    def __init__(self, part, forward, listed: bool):
         super().__init__()
-        self.part, self.forward_of_class = part, forward
+        self.part, self.forward_of_class, self.listed = part, forward, listed
 
     def forward(self, x):
-        return self.forward_of_class(self.part, x)
+        return self.forward_of_class(self.part, [x] if self.listed else x)
 
 
-def _convert(part: nn.Module, eager_forward, x: torch.Tensor) -> dict:
-    """The part as an OpenVINO model with batch, height and width free, and how to name its outputs."""
+def _convert(part: nn.Module, eager_forward, x: torch.Tensor, listed: bool) -> dict:
+    """The part as an OpenVINO model with batch, height and width free, and how to rebuild its outputs (tensors in
+    dicts / lists / tuples, flattened in the order the ONNX exporter flattens them)."""
+    eager = _Eager(part, eager_forward, listed).eval()
     with torch.no_grad():
-        out = eager_forward(part, x)
-    names = sorted(out) if isinstance(out, dict) else ["output"]
+        flat, spec = tree_flatten(eager(x))
+    names = [f"output{i}" for i in range(len(flat))]
     dynamic = {"x": {0: "batch", 2: "height", 3: "width"}}
     with tempfile.TemporaryDirectory(prefix="rb_openvino_") as tmp:
         path = os.path.join(tmp, "part.onnx")
         with torch.no_grad():
-            runtimes.export_onnx(_Eager(part, eager_forward).eval(), (x.float().contiguous(),), path,
-                                 input_names=["x"], output_names=names, dynamic_axes=dynamic)
+            runtimes.export_onnx(eager, (x.float().contiguous(),), path, input_names=["x"], output_names=names,
+                                 dynamic_axes=dynamic)
         model = runtimes.openvino_model(path)
-    return {"model": model, "names": names, "dict": isinstance(out, dict), "shapes": {}}
+    return {"model": model, "spec": spec, "shapes": {}}
 
 
 def _compiled_for(cache: dict, shape: tuple, precision: str):
@@ -76,18 +80,20 @@ def _compiled_for(cache: dict, shape: tuple, precision: str):
 
 def _openvino_forward(eager_forward, precision: str):
     def forward(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.numel() == 0 or (torch.is_grad_enabled()
-                                                                                  and x.requires_grad):
+        listed = isinstance(x, (list, tuple)) and len(x) == 1
+        t = x[0] if listed else x
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.numel() == 0 or (torch.is_grad_enabled()
+                                                                                  and t.requires_grad):
             return eager_forward(self, x)
         cache: Dict = self.__dict__.get(_COMPILED)
         if cache is None:
-            cache = self.__dict__[_COMPILED] = _convert(self, eager_forward, x)
-        compiled = _compiled_for(cache, tuple(x.shape), precision)
+            cache = self.__dict__[_COMPILED] = _convert(self, eager_forward, t, listed)
+        compiled = _compiled_for(cache, tuple(t.shape), precision)
         if compiled is cache.get("dynamic"):
-            outputs = runtimes.run_session(compiled, [x.float().contiguous()])
+            outputs = runtimes.run_session(compiled, [t.float().contiguous()])
         else:
-            outputs = runtimes.run_openvino_into(compiled, x)
-        return dict(zip(cache["names"], outputs)) if cache["dict"] else outputs[0]
+            outputs = runtimes.run_openvino_into(compiled, t)
+        return tree_unflatten(outputs, cache["spec"])
 
     return forward
 
@@ -99,8 +105,8 @@ def _getstate(self):  # the compiled model is derived (and not copyable): rebuil
 
 
 def openvino_parts(model: nn.Module, precision: str = "float32") -> list:
-    """Run `model`'s heavy parts (precision.bf16_parts but the RPN head and box predictor: backbone, res5 / box
-    head; or the whole model) through OpenVINO in `precision` ("float32" or "bfloat16"), in place; returns the
+    """Run `model`'s heavy parts (precision.bf16_parts but the box predictor: backbone, RPN head on one feature map,
+    res5 / box head; or the whole model) through OpenVINO in `precision` ("float32" or "bfloat16"), in place; returns the
     names of the parts. ValueError when openvino is not installed or the precision is not one of those two."""
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"MODEL.RB_DEPLOY.RUNTIME openvino runs float32 or bfloat16, got precision {precision!r}")
