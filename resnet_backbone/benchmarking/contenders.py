@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone as d2_build_resnet_backbone
 from detectron2.structures import Boxes, Instances
@@ -27,7 +27,7 @@ from ..modeling.options import check_choice, check_int
 from ..modeling.resnet import ResNet
 
 __all__ = ["BACKBONE_NORMS", "plugin_backbone", "detectron2_backbone", "torchvision_trunk", "backbone_contenders",
-           "plugin_detector_cfg", "builtin_c4_cfg", "build_detector", "detector_inputs"]
+           "plugin_detector_cfg", "builtin_c4_cfg", "build_detector", "calibrate_frozen_norms", "detector_inputs"]
 
 BACKBONE_NORMS = ("FrozenBN", "BN")  # norms all three backbone contenders can use
 _LAST = "res5"
@@ -143,6 +143,27 @@ def builtin_c4_cfg(plugin_cfg):
 
 def build_detector(cfg) -> nn.Module:
     return build_model(cfg)
+
+
+@torch.no_grad()
+def calibrate_frozen_norms(model: nn.Module, inputs) -> int:
+    """Give every frozen BatchNorm of a randomly initialised detector the statistics of its input on `inputs` (one
+    eval pass, each norm set just before it runs), as a trained model's norms have them. Without it activations grow
+    through the residual stages (~1e6 at res4 for R-101), every RPN box degenerates and no RoI reaches the box head,
+    so a timed inference would skip the heads. Returns the number of norms set."""
+    def set_statistics(norm, args):
+        x = args[0].float()
+        norm.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        norm.running_var.copy_(x.var(dim=(0, 2, 3)))
+
+    norms = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    handles = [m.register_forward_pre_hook(set_statistics) for m in norms]
+    try:
+        model.eval()(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return len(norms)
 
 
 def detector_inputs(num_images: int, height: int, width: int, *, num_classes: int, input_format: str = "BGR",

@@ -23,8 +23,8 @@ from ..engine.amp import amp_dtype
 from ..engine import runtimes
 from ..engine.detector_export import compare_outputs
 from ..modeling.factory import create_model
-from .contenders import (backbone_contenders, build_detector, builtin_c4_cfg, detector_inputs, plugin_backbone,
-                         plugin_detector_cfg)
+from .contenders import (backbone_contenders, build_detector, builtin_c4_cfg, calibrate_frozen_norms,
+                         detector_inputs, plugin_backbone, plugin_detector_cfg)
 from .flops import achieved_gflops, detector_multiply_adds, multiply_adds
 from .peers import backbone_peers, detector_peers
 from .memory import peak_memory_bytes
@@ -356,11 +356,16 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
         raise ValueError(f"detector kind must be 'c4' or 'vgg16', got {kind!r}")
     device = settings.device
     cfg = plugin_detector_cfg(config_file, str(device), opts)
+    inputs = detector_inputs(images, height, width, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                             input_format=cfg.INPUT.FORMAT)
     models = {"plugin": build_detector(cfg)}
     if kind == "c4":
         models["detectron2"] = build_detector(builtin_c4_cfg(cfg))
+        calibrate_frozen_norms(models["detectron2"], inputs)
         # same weights (same parameter names), so both make the same proposals and sample alike
         models["plugin"].load_state_dict(models["detectron2"].state_dict())
+    else:
+        calibrate_frozen_norms(models["plugin"], inputs)
         if settings.layout_variants:
             cl_cfg = cfg.clone()
             cl_cfg.MODEL.RB_RESNET.CHANNELS_LAST = True
@@ -368,8 +373,6 @@ def run_detector_section(kind: str, config_file: str, *, images: int, height: in
             models["plugin-channels-last"].load_state_dict(models["detectron2"].state_dict())
     models = _fresh_copies(models)
     reference = "detectron2" if kind == "c4" else "plugin"
-    inputs = detector_inputs(images, height, width, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-                             input_format=cfg.INPUT.FORMAT)
 
     for m in models.values():
         m.eval()
