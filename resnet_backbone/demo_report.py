@@ -23,7 +23,7 @@ from .paper_tables import DETECTION_TABLE
 from .utils.figures import new_figure, save_figure
 
 __all__ = ["DetectorEntry", "PretrainEntry", "PAPER_COLUMNS", "METRICS", "load_detector", "load_pretraining",
-           "mean_std", "table_rows", "findings", "format_markdown", "plot_demo", "ground_truth_pictures",
+           "mean_std", "table_rows", "findings", "format_markdown", "plot_demo", "plot_grid", "ground_truth_pictures",
            "prediction_montage"]
 
 # (column, (benchmark, metric) of DETECTION_TABLE)
@@ -231,6 +231,31 @@ def plot_demo(groups: Sequence[Sequence[DetectorEntry]], pretraining: Sequence[S
     ax_det.set_ylabel("total training loss")
     ax_det.set_title("Detection training (seed 0)")
     ax_det.legend(fontsize=8)
+    return save_figure(fig, out_png, dpi=100)
+
+
+def plot_grid(runs: Dict[str, Dict[float, str]], out_png: str) -> str:
+    """The lr grid's pretraining runs (``runs``: arm -> {lr: run folder}): training loss and validation top-1 error
+    by iteration, one panel per arm, one colour per lr."""
+    fig = new_figure((6 * max(len(runs), 1), 4.5))
+    axes = fig.subplots(1, max(len(runs), 1), squeeze=False)[0]
+    for ax, (arm, by_lr) in zip(axes, runs.items()):
+        ax_err = ax.twinx()
+        for i, (lr, path) in enumerate(by_lr.items()):
+            curve = read_metrics(path)
+            train = [(r["iteration"], r["loss"]) for r in curve if "loss" in r]
+            val = [(r["iteration"], 100 * r["val/top1_err"]) for r in curve if "val/top1_err" in r]
+            if train:
+                ax.plot(*zip(*train), color=f"C{i}", label=f"lr {lr}: training loss")
+            if val:
+                ax_err.plot(*zip(*val), color=f"C{i}", linestyle="--", marker="o", label=f"lr {lr}: val top-1 err")
+        ax_err.axhline(100 * CHANCE_TOP1_ERR, color="grey", linestyle=":", label="chance")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training loss (cross-entropy)")
+        ax_err.set_ylabel("validation top-1 error (%)")
+        ax.set_title(f"lr grid: {arm}")
+        handles, extra = ax.get_legend_handles_labels(), ax_err.get_legend_handles_labels()
+        ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7)
     return save_figure(fig, out_png, dpi=100)
 
 

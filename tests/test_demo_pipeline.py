@@ -110,10 +110,10 @@ def test_pretraining_keeps_the_papers_classification_recipe():
         assert demo.PRETRAIN.PRECISE_BN.ENABLED == paper.PRETRAIN.PRECISE_BN.ENABLED
         assert demo.PRETRAIN.SOLVER.BASE_LR in s["grid"]["pretrain_lrs"]  # the stated exception: the grid's choice
         assert demo.PRETRAIN.DATASET.NAME == "digits"
-        # crops and scale range shrink together: the paper's ratios
-        ratio = demo.PRETRAIN.INPUT.CROP_SIZE / paper.PRETRAIN.INPUT.CROP_SIZE
-        assert [round(v * ratio) for v in paper.PRETRAIN.INPUT.SCALE] == list(demo.PRETRAIN.INPUT.SCALE)
-        assert round(paper.PRETRAIN.INPUT.TEST_RESIZE * ratio) == demo.PRETRAIN.INPUT.TEST_RESIZE
+        # scale augmentation keeps its form (a random shorter side, then a random crop) over the overrides file's
+        # stated range: from the whole 32 px image (the size tested) up, the same for both classifiers
+        lo, hi = demo.PRETRAIN.INPUT.SCALE
+        assert lo == demo.PRETRAIN.INPUT.CROP_SIZE == demo.PRETRAIN.INPUT.TEST_RESIZE < hi
     # VGG-16 is pretrained with the preprocessing the VGG-16 detection config expects of its weights
     vgg = load_config(str(REPO / "configs" / "imagenet" / "vgg16.yaml"), overrides_to_opts(s["pretrain"],
                                                                                         s["pretrain_vgg16"]))
@@ -127,13 +127,16 @@ def test_each_arms_lr_is_the_best_of_its_recorded_grid(tmp_path):
     demo = load_tool("demo")
     s = _sections()
     arms = [n for n, *_ in demo.PRETRAININGS] + [n for n, *_ in demo.DETECTORS]
-    assert set(s["tuned"]) == set(s["grid_results"]) == set(arms)
+    assert set(s["tuned"]) == set(arms) and set(s["grid_results"]) <= set(arms)
     for name in arms:
         pretraining = name.startswith("pretrain")
-        scores = s["grid_results"][name]
-        assert sorted(scores) == sorted(s["grid"]["pretrain_lrs" if pretraining else "detection_lrs"])
+        grid = s["grid"]["pretrain_lrs" if pretraining else "detection_lrs"]
         key = "PRETRAIN.SOLVER.BASE_LR" if pretraining else "SOLVER.BASE_LR"
-        assert s["tuned"][name] == {key: demo.best_lr(scores, lower_is_better=pretraining)}
+        assert list(s["tuned"][name]) == [key] and s["tuned"][name][key] in grid
+        if name in s["grid_results"]:  # an arm whose grid has run takes its best lr
+            scores = s["grid_results"][name]
+            assert sorted(scores) == sorted(grid)
+            assert s["tuned"][name][key] == demo.best_lr(scores, lower_is_better=pretraining)
     assert demo.best_lr({0.1: float("nan"), 0.01: 5.0, 0.03: 5.0}, lower_is_better=False) == 0.01
     with pytest.raises(ValueError, match="every lr of the grid failed"):
         demo.best_lr({0.1: float("nan")}, lower_is_better=True)
@@ -157,7 +160,10 @@ def test_a_failed_stage_names_its_log(tmp_path, capsys):
         demo.run_stage(stage, tmp_path / "logs", 1, 1)
     log = (tmp_path / "logs" / "broken.log").read_text()
     assert log.startswith("$ python -c ") and "boom" in log
-    assert not (tmp_path / "broken" / demo.STAGE_RECORD).exists()
+    # its completion record says started, not complete: the next run resumes it, nothing takes it for finished
+    from resnet_backbone.utils.completion import STARTED, state
+
+    assert state(tmp_path / "broken" / demo.STAGE_RECORD, stage.key(), stage.outputs) == STARTED
 
 
 def _same(a, b):
@@ -243,7 +249,8 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys, monkeypatch):
     table = (out / "results.md").read_text()
     assert _table(table) == _table(first) and len(_table(table)) == 3
     assert "paper VOC07 mAP@.5" in table and "76.4" in table and "73.2" in table  # Tables 7-8 beside ours
-    assert len(summary["findings"]) == 7 and all(("held" in line) for line in summary["findings"])
+    assert len(summary["findings"]) == 7 and all(re.search(r": (held|did not hold) \(", line)
+                                                 for line in summary["findings"])
     assert all(f"- {line}" in first for line in summary["findings"])
     assert Image.open(summary["plot"]).format == "PNG"
     assert Image.open(summary["predictions"]).height >= 4 * 2 * 96

@@ -257,6 +257,11 @@ def tune(plan: Plan, logs: Path) -> dict:
         tuned[name], results[name] = {"PRETRAIN.SOLVER.BASE_LR": lr}, scores
         best_stage[name] = stages[grid["pretrain_lrs"].index(lr)]
         log(f"    {name}: validation top-1 error (%) by lr {scores} -> lr {lr}")
+    from resnet_backbone.demo_report import plot_grid
+
+    plot = plot_grid({name: {lr: str(st.output_dir) for lr, st in zip(grid["pretrain_lrs"], stages)
+                             if st.name in done} for name, stages in pre.items()}, str(folder / "grid.png"))
+    log(f"    pretraining curves of the grid: {plot}")
     det = {}
     for name, _, _, pretrained in DETECTORS:
         det[name] = [plan.detection(name, folder / f"{name}_lr{lr}", seed=0, lr={"SOLVER.BASE_LR": lr},
