@@ -277,6 +277,10 @@ def tune(plan: Plan, logs: Path) -> dict:
     return {"tuned": tuned, "grid_results": results}
 
 
+def _yaml_number(value) -> str:
+    return str(value) if _finite(value) else ".nan"  # a diverged run: YAML's NaN
+
+
 def write_tuned(path: Path, choice: dict) -> None:
     """Replace the `tuned` and `grid_results` sections of the overrides file (the rest, comments included, stays)."""
     from resnet_backbone.utils.atomic import atomic_write_text
@@ -288,7 +292,7 @@ def write_tuned(path: Path, choice: dict) -> None:
     lines += ["grid_results:",
               "  # pretraining: 1-crop validation top-1 error (%) by lr; detection: COCO AP on tune_val by lr"]
     for name, scores in choice["grid_results"].items():
-        lines.append(f"  {name}: {{{', '.join(f'{lr}: {v}' for lr, v in scores.items())}}}")
+        lines.append(f"  {name}: {{{', '.join(f'{lr}: {_yaml_number(v)}' for lr, v in scores.items())}}}")
     text = path.read_text()
     start = text.index("\ntuned:") + 1
     end = text.index("\n# ----", start) + 1
