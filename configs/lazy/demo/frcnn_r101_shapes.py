@@ -1,6 +1,6 @@
-# configs/lazy/frcnn_r101.py at the small scale of the README's demo: configs/demo/shapes_small_scale.yaml's
-# `common` and `resnet` sections (the from-scratch run) in LazyConfig keys, on the embedded generated shapes data on
-# 2 CPU cores (tests/test_lazy_config.py checks that it builds what the YAML config with those overrides builds).
+# configs/lazy/frcnn_r101.py at a small scale: configs/demo/shapes_small_scale.yaml's `common` and `resnet` sections
+# (from scratch) in LazyConfig keys, on the embedded generated shapes data on 2 CPU cores (tests/test_lazy_config.py
+# checks that it builds what the YAML config with those overrides builds).
 #   python tools/lazy_train_net.py --config configs/lazy/demo/frcnn_r101_shapes.py
 from ..frcnn_r101 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 from ..common.optim import step_schedule
