@@ -37,7 +37,7 @@ def resnet_options_from_cfg(cfg) -> dict:
     Raises ValueError for settings the plugin does not support or that contradict each other.
     """
     r, rb = cfg.MODEL.RESNETS, cfg.MODEL.RB_RESNET
-    deform = r.get("DEFORM_ON_PER_STAGE", ())
+    deform = r.DEFORM_ON_PER_STAGE
     if any(deform):
         raise ValueError(f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(deform)}: the plugin ResNet has no deformable "
                          "convolutions; allowed: all False")
@@ -79,7 +79,7 @@ def build_rb_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
 def channels_last_from_cfg(cfg) -> bool:
     """MODEL.RB_RESNET.CHANNELS_LAST: True, False, or "auto" = the deploy path's rule for MODEL.DEVICE
     (`channels_last_helps`: on for CPUs with oneDNN, where it was measured faster; not measured on GPUs, so off)."""
-    value = check_choice("MODEL.RB_RESNET.CHANNELS_LAST", cfg.MODEL.RB_RESNET.get("CHANNELS_LAST", "auto"),
+    value = check_choice("MODEL.RB_RESNET.CHANNELS_LAST", cfg.MODEL.RB_RESNET.CHANNELS_LAST,
                          (True, False, "auto"))
     return channels_last_helps(cfg.MODEL.DEVICE) if value == "auto" else value
 
