@@ -1,9 +1,10 @@
-"""Runs tools/train_net.py's worker under detectron2's launch, recording per rank what it writes.
+"""Runs tools/train_net.py's worker under detectron2's launch (or in the group torchrun started), recording per rank
+what it writes.
 
     python tests/distributed_probe.py PROBE_DIR [train_net arguments ...]
 
 Each rank writes PROBE_DIR/writes_rank{R}.json (the files it opened for writing under OUTPUT_DIR, which
-the arguments must set) and
+the arguments must set), PROBE_DIR/world_rank{R}.json (its rank, world size and per-machine size) and
 PROBE_DIR/weights_rank{R}.pth (its model's state dict after training / evaluation). Not a test module: tests run it as a
 subprocess, so that no process group is ever created inside pytest.
 """
@@ -70,6 +71,8 @@ def probed_worker(args):
     train_net.run = run
     results = train_net.worker(args)
     (PROBE_DIR / f"writes_rank{comm.get_rank()}.json").write_text(json.dumps(sorted(written)))
+    world = {"rank": comm.get_rank(), "world_size": comm.get_world_size(), "local_size": comm.get_local_size()}
+    (PROBE_DIR / f"world_rank{comm.get_rank()}.json").write_text(json.dumps(world))
     return results
 
 

@@ -3,6 +3,7 @@ engine/preemption.py announces the iteration; no sleeps) -> a checkpoint of that
 EXIT_PREEMPTED; kill -9 after a checkpoint; then --resume to the end gives the weights of an uninterrupted run bit
 for bit: train_net with 1 and 2 processes, NUM_WORKERS 0 and 2, lazy_train_net, and the pretraining stage. The
 2-process runs evaluate one test set, as the shipped configs do, and must end with exit code 0."""
+import json
 import os
 import signal
 import sys
@@ -107,11 +108,13 @@ def test_two_processes_sigterm_then_resume_equals_uninterrupted(env, tmp_path):
 
 
 @needs_cpu_processes
-def test_lazy_train_net_two_processes_one_test_set(env, tmp_path):
+@pytest.mark.parametrize("test_sets", [["rb_shapes_coco_val"], ["rb_shapes_coco_val", "rb_shapes_voc_test"]])
+def test_lazy_train_net_two_processes_end(env, tmp_path, test_sets):
     out, log = tmp_path / "out", tmp_path / "log"
+    names = "dataloader.test.dataset.names=[" + ",".join(f'"{n}"' for n in test_sets) + "]"
     _ok(run_tool(LAZY_TRAIN_NET + LAZY_CONFIG + ["--num-gpus", "2"] + LAZY_TINY +
-                 ["train.max_iter=2", f"train.output_dir={out}"], env, log), log)
-    assert (out / "eval_results.json").exists()
+                 [names, "train.max_iter=1", f"train.output_dir={out}"], env, log), log)
+    assert set(json.loads((out / "eval_results.json").read_text())["results"]) == set(test_sets)
 
 
 def test_pretraining_sigterm_then_resumed_equals_uninterrupted(env, tmp_path):

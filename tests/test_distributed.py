@@ -1,10 +1,10 @@
-"""Several processes without CUDA (GLOO), as `--num-gpus 2` and as two local "machines": identical weights on
-every rank, rank 0 alone writes, evaluation gathered over ranks equals one process's, --resume, and a killed
-worker ends the job with its rank named and the last checkpoint intact."""
+"""Several processes without CUDA (GLOO), as `--num-gpus 2`, as two local "machines" and under torchrun: identical
+weights on every rank, rank 0 alone writes, evaluation gathered over ranks equals one process's, --resume, a killed
+worker ends the job with its rank named and the last checkpoint intact, and torchrun --max-restarts continues after
+a killed worker to the weights of an uninterrupted run."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +17,18 @@ from resnet_backbone.checkpoint.safe_load import load_file
 from resnet_backbone.data.synthetic_detection import generate_dataset
 from resnet_backbone.engine.launch import launch_supports_cpu
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = ["--config", "configs/coco/frcnn_r101.yaml"]
-# ResNet-18 C4 on 64 px images, GroupNorm (no batch statistics, so every rank holds the same state)
-TINY = ["DATASETS.TRAIN", "('rb_shapes_coco_train',)", "DATASETS.TEST", "('rb_shapes_coco_val','rb_shapes_voc_test')",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
-        "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "6", "MODEL.RESNETS.NORM", "GN", "MODEL.BACKBONE.FREEZE_AT", "0",
-        "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "96", "MODEL.ANCHOR_GENERATOR.SIZES", "[[16,32,64]]", "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(100,)", "SOLVER.CHECKPOINT_PERIOD", "3",
-        "RB_TRAIN.LOG_PERIOD", "1", "SOLVER.BASE_LR", "0.01", "SEED", "1"]
+from tiny_detector import (  # noqa: E402  (tests/tiny_detector.py)
+    CONFIG,
+    REPO,
+    TINY,
+    assert_same_weights,
+    final_weights,
+    free_port,
+    marker_pid,
+    run_tool,
+    stop_at,
+    torchrun,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not launch_supports_cpu() and not torch.cuda.is_available(),
@@ -53,12 +53,6 @@ def _train_net(args, env, probe=None, check=True, timeout=600):
 
 def _metrics(out):
     return [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +97,7 @@ def test_eval_only_on_two_processes_equals_one(two_process_run, env, tmp_path):
 
 def test_two_local_machines_train_like_two_gpus(two_process_run, env, tmp_path):
     out, probe = two_process_run
-    url = f"tcp://127.0.0.1:{_free_port()}"
+    url = f"tcp://127.0.0.1:{free_port()}"
     mout, mprobe = tmp_path / "out", tmp_path / "probe"
     script = [sys.executable, str(REPO / "tests" / "distributed_probe.py"), str(mprobe)]
     procs, logs = [], [tmp_path / f"machine{r}.log" for r in (0, 1)]
@@ -172,3 +166,33 @@ def test_killed_worker_ends_the_job_naming_its_rank(env, tmp_path):
     assert f"Starting training from iteration {start}" in (out / "log.txt").read_text()
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
 
+
+
+def test_torchrun_joins_one_group_equal_to_detectron2_launch(two_process_run, env, tmp_path):
+    out, probe = two_process_run
+    tout, tprobe = tmp_path / "out", tmp_path / "probe"
+    log = tmp_path / "torchrun.log"
+    code = run_tool(torchrun(2) + [str(REPO / "tests" / "distributed_probe.py"), str(tprobe)] + CONFIG + TINY +
+                    ["OUTPUT_DIR", str(tout)], env, log)
+    assert code == 0, log.read_text()[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tprobe / f"world_rank{rank}.json").read_text()) == {"rank": rank, "world_size": 2,
+                                                                              "local_size": 2}
+        assert_same_weights(_weights(probe / f"weights_rank{rank}.pth"), _weights(tprobe / f"weights_rank{rank}.pth"))
+    assert set(json.loads((tprobe / "writes_rank1.json").read_text())) <= {"log.txt.rank1"}
+    assert len(list(tout.glob("events.out.tfevents.*"))) == 1
+    assert "World size: 2" in (tout / "log.txt").read_text()
+
+
+def test_torchrun_restarts_after_a_killed_worker_and_ends_equal(two_process_run, env, tmp_path):
+    out, _ = two_process_run
+    elastic = tmp_path / "elastic"
+    log = tmp_path / "elastic.log"
+    # rank 1 is SIGKILLed when iteration 4 starts (checkpoint of iteration 2 written); the restarted group resumes
+    code = stop_at(torchrun(2, "--max-restarts", "1") + [str(REPO / "tools" / "train_net.py")] + CONFIG + TINY +
+                   ["OUTPUT_DIR", str(elastic)], env, log, iteration=4, marker=tmp_path / "marker", ranks=2,
+                   sig=signal.SIGKILL, who=marker_pid(1))
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "resuming from the last checkpoint" in text and "Starting training from iteration 3" in text, text[-3000:]
+    assert_same_weights(final_weights(out), final_weights(elastic))
