@@ -28,11 +28,9 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -305,9 +303,3 @@ def ensure_digit_detection(root) -> dict:
 def _json(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
-
-def default_digits_root(name: str) -> str:
-    """``$RB_DATASETS/<name>``, else ``<repo>/datasets/<name>`` (where data/register.py's sets live)."""
-    from .register import default_root
-
-    return os.path.join(os.path.dirname(default_root()), name)

@@ -26,7 +26,6 @@ Layout written by :func:`generate_dataset` under ``root``::
     voc/VOC2007/ImageSets/Main/{train,test}.txt
 """
 import contextlib
-import json
 import math
 import os
 import shutil
