@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Export a detector of the plugin to TorchScript, ONNX or torch.export, as detectron2's tools/deploy/export_model.py
-does (TracingAdapter), then run the exported file on a sample image and report its largest difference from the eager
-model.
+"""Export a detector of the plugin to TorchScript, ONNX, OpenVINO IR or torch.export, as detectron2's
+tools/deploy/export_model.py does (TracingAdapter), then run the exported file on a sample image and report its largest
+difference from the eager model.
 
     python tools/export_model.py --config configs/coco/frcnn_r101.yaml --format onnx --output out/export \
            MODEL.WEIGHTS output/coco/frcnn_r101/model_final.pth MODEL.DEVICE cpu
@@ -10,11 +10,12 @@ model.
 
 --config is a yacs YAML config (trailing KEY VALUE overrides) or a LazyConfig (.py, trailing key=value). The sample
 is --sample-image or the first image of the first test dataset, through the config's test-time mapper (resized as
-in evaluation). Written to --output: the model (model.ts / model.onnx / backbone.pt2), export_report.json (what was
-exported, the difference per output) and, for the detector formats, detections.png (the exported model's detections
-on the sample; drawn by detectron2's Visualizer, which needs OpenCV). MODEL.RB_DEPLOY.{ONEDNN, WINOGRAD, COMPILE} are
-eager-only and refused; MODEL.RB_DEPLOY.FUSE_BN exports the BN-folded model. "torch.export" exports the backbone
-(resnet_backbone/engine/detector_export.py says why).
+in evaluation). Written to --output: the model (model.ts / model.onnx / model.xml + .bin / backbone.pt2),
+export_report.json (what was exported, the difference per output, whether other input sizes work: other_size),
+load_and_run.py + sample.npy (loads and runs it in a fresh process with only its runtime) and, for the detector
+formats, detections.png (the exported model's detections on the sample; drawn by detectron2's Visualizer, which
+needs OpenCV). MODEL.RB_DEPLOY.{ONEDNN, WINOGRAD, COMPILE} are eager-only and refused; MODEL.RB_DEPLOY.FUSE_BN
+exports the BN-folded model. "torch.export" exports the backbone (resnet_backbone/engine/detector_export.py says why).
 """
 import argparse
 import json
@@ -121,6 +122,9 @@ def main(argv=None):
     what = f"{result.detections} detections" if result.detections is not None else "backbone features"
     logger.info("exported %s: %s; on the sample (%s) max abs difference from the eager model: %.3g", result.exported,
                 result.path, what, result.max_abs_diff)
+    if result.other_size:
+        logger.info("input size: %s", result.other_size["note"])
+    logger.info("to load and run it in a fresh process: python %s", result.load_script)
     report = dict(result.to_dict(), config=args.config_file, overrides=list(args.opts),
                   sample=inputs[0].get("file_name", ""), image_size=list(inputs[0]["image"].shape[1:]))
     if result.instances is not None:
