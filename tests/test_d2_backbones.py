@@ -17,7 +17,7 @@ import resnet_backbone
 from resnet_backbone.d2.backbones import (build_rb_resnet_backbone, build_rb_resnet_fpn_backbone,
                                           build_rb_retinanet_resnet_fpn_backbone, build_rb_vgg16_backbone)
 from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead
-from resnet_backbone.d2.weights import map_classifier_to_detector
+from resnet_backbone.d2.weights import DETECTOR_LAYOUTS, map_classifier_to_detector
 from resnet_backbone.modeling import ResNet
 from resnet_backbone.modeling.blocks import BasicBlock, BottleneckBlock
 from resnet_backbone.modeling.norms import FrozenBatchNorm2d as PluginFrozenBN
@@ -418,6 +418,7 @@ def test_every_plugin_backbone_has_one_spec_entry():
 
     registered = {name for name, obj in BACKBONE_REGISTRY._obj_map.items() if obj.__module__ == backbones.__name__}
     assert registered == {name for name, spec in BACKBONE_SPECS.items() if spec.layout is not None}
+    assert all(spec.layout in DETECTOR_LAYOUTS for spec in BACKBONE_SPECS.values() if spec.layout is not None)
     for name in ("build_resnet_backbone", "build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone"):
         assert name in BACKBONE_REGISTRY and BACKBONE_SPECS[name].family == "resnet"  # detectron2's own
 

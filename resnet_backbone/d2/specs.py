@@ -3,9 +3,9 @@
 One `BackboneSpec` per MODEL.BACKBONE.NAME: the plugin's four registered builders, and detectron2's own ResNet
 builders (the benchmark and the model-zoo tests build those; the checks read the same MODEL.RESNETS keys there).
 Everything that depends on which backbone a config builds reads its entry through `backbone_spec(cfg)`: the
-trainer's label, the weight layout in a detector (d2/weights.py), the frozen-layer check's advice
-(checkpoint/frozen.py), the preprocessing check (checkpoint/preprocessing.py), the LazyConfig's yacs view
-(engine/lazy.py) and what MODEL.BACKBONE.FREEZE_AT counts. A new backbone is its builder in d2/backbones.py plus one
+trainer's label, the frozen-layer check's advice (checkpoint/frozen.py), the preprocessing check
+(checkpoint/preprocessing.py), the LazyConfig's yacs view (engine/lazy.py) and what MODEL.BACKBONE.FREEZE_AT counts
+(config.backbone_freeze_at); `layout` names where its classifier weights go (d2/weights.py's DETECTOR_LAYOUTS). A new backbone is its builder in d2/backbones.py plus one
 entry here.
 """
 import dataclasses
