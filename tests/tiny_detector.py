@@ -2,6 +2,7 @@
 statistics, so every rank holds the same state), 6 iterations with a checkpoint every 3. Not a test module."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,10 +54,21 @@ def torchrun(nproc, *extra):
             "127.0.0.1", "--master-port", str(free_port()), *extra]
 
 
+def _wait(proc, timeout):
+    """proc's exit code; on a timeout its whole process group (workers, torchrun's agent) is killed first."""
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def run_tool(argv, env, log, timeout=600):
     """Run a command (output to the file `log`: a full pipe could stall a worker); returns its exit code."""
     with open(log, "w") as f:
-        return subprocess.run(argv, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        return _wait(subprocess.Popen(argv, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                      start_new_session=True), timeout)
 
 
 def stop_at(argv, env, log, *, iteration, marker, ranks=1, sig=None, who=None, timeout=300):
@@ -65,15 +77,16 @@ def stop_at(argv, env, log, *, iteration, marker, ranks=1, sig=None, who=None, t
     Returns the exit code."""
     env = dict(env, RB_TEST_STOP_AT=str(iteration), RB_TEST_MARKER=str(marker))
     with open(log, "w") as f:
-        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not all(Path(f"{marker}.rank{r}").exists() for r in range(ranks)):
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
                 raise AssertionError(f"iteration {iteration} never started:\n{Path(log).read_text()[-3000:]}")
             time.sleep(0.05)
         os.kill(who(proc, marker) if who else proc.pid, sig)
-        return proc.wait(timeout=timeout)
+        return _wait(proc, timeout)
 
 
 def marker_pid(rank):
