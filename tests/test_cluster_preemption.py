@@ -75,6 +75,18 @@ def test_train_net_stopped_then_resumed_equals_uninterrupted(reference, env, tmp
     assert_same_weights(final_weights(reference), final_weights(out))
 
 
+def test_default_seed_trains_stops_and_resumes_its_own_stream(env, tmp_path):
+    """SEED -1 (detectron2's default, which the shipped configs keep): a random loader seed drawn once, kept in the
+    checkpoint, and continued by --resume (the run that resumes draws another one)."""
+    out, log = tmp_path / "out", tmp_path / "log"
+    args = CONFIG + TINY[:-2] + ONE_TEST_SET + ["SEED", "-1", "OUTPUT_DIR", str(out)]
+    code = stop_at(TRAIN_NET + args, env, log, iteration=3, marker=tmp_path / "m", sig=signal.SIGTERM)
+    assert code == EXIT_PREEMPTED, log.read_text()[-3000:]
+    _ok(run_tool(TRAIN_NET + ["--resume"] + args, env, log), log)
+    assert "continuing the sample stream of seed" in log.read_text()
+    assert (out / "model_final.pth").exists()
+
+
 def test_lazy_train_net_sigusr1_then_resumed_equals_uninterrupted(env, tmp_path):
     ref, out, log = tmp_path / "ref", tmp_path / "out", tmp_path / "log"
     _ok(run_tool(LAZY_TRAIN_NET + LAZY_CONFIG + LAZY_TINY + [f"train.output_dir={ref}"], env, log), log)

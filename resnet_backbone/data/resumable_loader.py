@@ -110,6 +110,12 @@ class ResumableTrainLoader:
         self.num_workers = num_workers
         self.collate_fn = collate_fn or trivial_batch_collator
         self.seed = int(getattr(sampler, "_seed", 0))  # detectron2's training samplers keep their seed here
+        if self.seed < 0:
+            # SEED < 0 (detectron2's default) means a random seed: one drawn for all ranks, which the checkpoint
+            # records, so a resumed run continues this stream (the per-sample seeds need a non-negative one)
+            self.seed = comm.shared_random_seed()
+            if hasattr(sampler, "_seed"):
+                sampler._seed = self.seed
         self.batches = 0
 
     def state_dict(self) -> dict:
