@@ -154,15 +154,13 @@ def join_process_group(launcher: Launcher, timeout=None) -> None:
     from detectron2.engine.launch import DEFAULT_TIMEOUT
 
     timeout = timeout or DEFAULT_TIMEOUT
-    # rank 0 hosts the store at MASTER_ADDR:MASTER_PORT, unless torchrun's agent already serves there (TCPStore then
-    # connects to it; after a restart this torch's static rendezvous serves none, and rank 0 does). The keys of each
-    # restart get their own prefix, so that a restarted group never reads its predecessor's addresses.
-    store = dist.TCPStore(launcher.master_addr, launcher.master_port, launcher.world_size,
-                          is_master=launcher.rank == 0, timeout=timeout)
-    store = dist.PrefixStore(f"resnet_backbone/attempt_{launcher.restart_count}", store)
+    # torch's own rendezvous: under torchrun "env://" connects to the agent's store with a key prefix per restart
+    # (TORCHELASTIC_USE_AGENT_STORE / TORCHELASTIC_RESTART_COUNT), which a restarted group needs; under srun rank 0
+    # hosts the store at the first node
+    init_method = "env://" if launcher.kind == "torchrun" else f"tcp://{launcher.master_addr}:{launcher.master_port}"
     use_gpu = torch.cuda.is_available()
-    dist.init_process_group(backend="NCCL" if use_gpu else "GLOO", store=store, world_size=launcher.world_size,
-                            rank=launcher.rank, timeout=timeout)
+    dist.init_process_group(backend="NCCL" if use_gpu else "GLOO", init_method=init_method,
+                            world_size=launcher.world_size, rank=launcher.rank, timeout=timeout)
     _create_local_group(launcher.local_world_size)
     if use_gpu:
         torch.cuda.set_device(launcher.local_rank)
