@@ -138,12 +138,12 @@ def apply_deploy_config(cfg, model: nn.Module) -> nn.Module:
     branch, after DetectionCheckpointer(...).resume_or_load). With the True / False keys all off and PRECISION float32
     the model is returned untouched (not even put in eval mode). Use the returned module: torch.compile wraps the model."""
     d = cfg.MODEL.RB_DEPLOY
-    options = {"fuse_bn": d.FUSE_BN, "onednn": d.get("ONEDNN", False), "winograd": d.get("WINOGRAD", False),
-               "channels_last": d.CHANNELS_LAST, "compile": d.get("COMPILE", False)}
+    options = {"fuse_bn": d.FUSE_BN, "onednn": d.ONEDNN, "winograd": d.WINOGRAD, "channels_last": d.CHANNELS_LAST,
+               "compile": d.COMPILE}
     for key, value in options.items():
         check_choice(f"MODEL.RB_DEPLOY.{key.upper()}", value, (True, False))
-    kernels = check_choice("MODEL.RB_DEPLOY.KERNELS", d.get("KERNELS", "measure"), _kernels.MODES)
-    precision = check_choice("MODEL.RB_DEPLOY.PRECISION", d.get("PRECISION", "float32"), PRECISIONS)
+    kernels = check_choice("MODEL.RB_DEPLOY.KERNELS", d.KERNELS, _kernels.MODES)
+    precision = check_choice("MODEL.RB_DEPLOY.PRECISION", d.PRECISION, PRECISIONS)
     runtime = check_choice("MODEL.RB_DEPLOY.RUNTIME", d.RUNTIME, RUNTIMES)
     if not any(options.values()) and precision == "float32" and runtime == "torch":
         return model

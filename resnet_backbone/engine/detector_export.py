@@ -87,7 +87,7 @@ class ExportResult:
 
 def check_exportable_config(cfg):
     """Refuse the eager-only MODEL.RB_DEPLOY settings with a message naming them and what exports instead."""
-    on = [f"MODEL.RB_DEPLOY.{k}" for k in EAGER_ONLY_DEPLOY_KEYS if cfg.MODEL.RB_DEPLOY.get(k, False)]
+    on = [f"MODEL.RB_DEPLOY.{k}" for k in EAGER_ONLY_DEPLOY_KEYS if cfg.MODEL.RB_DEPLOY[k]]
     if cfg.MODEL.RB_DEPLOY.RUNTIME != "torch":
         raise ValueError(f"MODEL.RB_DEPLOY.RUNTIME {cfg.MODEL.RB_DEPLOY.RUNTIME} cannot be exported (its parts run "
                          f"in OpenVINO already); export with RUNTIME torch, e.g. --format openvino.")
