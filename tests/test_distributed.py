@@ -197,3 +197,12 @@ def test_torchrun_restarts_after_a_killed_worker_and_ends_equal(two_process_run,
     assert code == 0, text[-3000:]
     assert "resuming from the last checkpoint" in text and "Starting training from iteration 3" in text, text[-3000:]
     assert_same_weights(final_weights(out), final_weights(elastic))
+
+
+def test_torchrun_with_contradictory_num_gpus_stops_writing_nothing(env, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "log"
+    code = run_tool(torchrun(2) + [str(REPO / "tools" / "train_net.py")] + CONFIG + ["--num-gpus", "8"] + TINY +
+                    ["OUTPUT_DIR", str(out)], env, log, timeout=300)
+    text = log.read_text()
+    assert code != 0 and "--num-gpus 8, but torchrun started 2 processes per machine" in text, text[-3000:]
+    assert not out.exists()
