@@ -8,10 +8,10 @@ demo: setup
 	$(PYTHON) tools/demo.py
 
 test: setup
-	$(PYTHON) -m pytest tests -q -rfE --tb=short
+	$(PYTHON) tools/run_tests.py
 
 test-fast: setup
-	$(PYTHON) -m pytest tests -q -rfE --tb=short -m "not slow"
+	$(PYTHON) tools/run_tests.py -m "not slow"
 
 # detectron2's own model tests on the plugin's backbones (needs RB_DETECTRON2_SOURCE; docs/detectron2_tests.md)
 test-d2-client: setup
