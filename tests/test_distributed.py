@@ -1,7 +1,8 @@
 """Several processes without CUDA (GLOO), as `--num-gpus 2`, as two local "machines" and under torchrun: identical
 weights on every rank, rank 0 alone writes, evaluation gathered over ranks equals one process's (and torchrun's group
-trains as detectron2's launch does), --resume, and a killed worker ends the job with its rank named and the last
-checkpoint intact."""
+trains as detectron2's launch does), --resume, a killed worker ends the job with its rank named and the last
+checkpoint intact, and under torchrun --max-restarts the group restarts after a killed worker, resumes by itself and
+ends with the weights of an uninterrupted run."""
 import json
 import os
 import signal
@@ -22,8 +23,11 @@ from tiny_detector import (  # noqa: E402  (tests/tiny_detector.py)
     REPO,
     TINY,
     assert_same_weights,
+    final_weights,
     free_port,
+    marker_pid,
     run_tool,
+    stop_at,
     torchrun,
 )
 
@@ -188,3 +192,20 @@ def test_torchrun_with_contradictory_num_gpus_stops_writing_nothing(env, tmp_pat
     text = log.read_text()
     assert code != 0 and "--num-gpus 8, but torchrun started 2 processes per machine" in text, text[-3000:]
     assert not out.exists()
+
+
+def test_torchrun_restarts_after_a_killed_worker_and_ends_equal(two_process_run, env, tmp_path):
+    out, _ = two_process_run
+    elastic = tmp_path / "elastic"
+    log = tmp_path / "elastic.log"
+    # rank 1 is SIGKILLed when iteration 4 starts (checkpoint of iteration 2 written); torchrun restarts both ranks,
+    # which resume by themselves. A restart that hangs while joining fails here after 240 s, workers killed.
+    code = stop_at(torchrun(2, "--max-restarts", "1") + [str(REPO / "tools" / "train_net.py")] + CONFIG + TINY +
+                   ["OUTPUT_DIR", str(elastic)], env, log, iteration=4, marker=tmp_path / "marker", ranks=2,
+                   sig=signal.SIGKILL, who=marker_pid(1), timeout=240)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "failed (exitcode: -9) local_rank: 1" in text, text[-3000:]  # the kill happened and torchrun saw it
+    assert "restart 1 of an elastic torchrun group: resuming from the last checkpoint" in text, text[-3000:]
+    assert "Starting training from iteration 3" in text, text[-3000:]
+    assert_same_weights(final_weights(out), final_weights(elastic))

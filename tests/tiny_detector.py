@@ -1,5 +1,6 @@
 """Overrides of the multi-process tests' detector: ResNet-18 C4 on the embedded 64 px images, GroupNorm (no batch
 statistics, so every rank holds the same state), 6 iterations with a checkpoint every 3. Not a test module."""
+import contextlib
 import json
 import os
 import signal
@@ -54,14 +55,39 @@ def torchrun(nproc, *extra):
             "127.0.0.1", "--master-port", str(free_port()), *extra]
 
 
+def _descendants(pid):
+    """Every process below `pid` (torchrun starts its workers in sessions of their own: killpg misses them)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def _wait(proc, timeout):
-    """proc's exit code; on a timeout its whole process group (workers, torchrun's agent) is killed first."""
+    """proc's exit code; on a timeout it and every process below it (workers, torchrun's agent) are killed first,
+    so that no hung worker outlives the test."""
     try:
         return proc.wait(timeout=timeout)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill(proc)
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        for pid in _descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run_tool(argv, env, log, timeout=600):
@@ -81,8 +107,7 @@ def stop_at(argv, env, log, *, iteration, marker, ranks=1, sig=None, who=None, t
         deadline = time.monotonic() + timeout
         while not all(Path(f"{marker}.rank{r}").exists() for r in range(ranks)):
             if proc.poll() is not None or time.monotonic() > deadline:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                _kill(proc)
                 raise AssertionError(f"iteration {iteration} never started:\n{Path(log).read_text()[-3000:]}")
             time.sleep(0.05)
         os.kill(who(proc, marker) if who else proc.pid, sig)

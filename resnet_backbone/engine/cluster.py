@@ -149,17 +149,27 @@ def _create_local_group(per_machine: int) -> None:
             comm._LOCAL_PROCESS_GROUP = group
 
 
+def _group_store(launcher: Launcher, timeout) -> dist.Store:
+    """The key-value store the group's ranks meet in, with keys of their own for each restart of the group.
+
+    Under torchrun the elastic agent serves a store at MASTER_ADDR:MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE=True)
+    and keeps it across restarts; torch's `env://` adds no prefix per restart there, so a restarted rank could read
+    the address a dead rank of the previous attempt wrote and hang or fail connecting to it. Otherwise (srun, or an
+    agent without a store) rank 0 serves the store at the first node.
+    """
+    agent_serves = launcher.kind == "torchrun" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(launcher.master_addr, launcher.master_port, launcher.world_size,
+                          is_master=not agent_serves and launcher.rank == 0, timeout=timeout)
+    return dist.PrefixStore(f"resnet_backbone/attempt_{launcher.restart_count}", store)
+
+
 def join_process_group(launcher: Launcher, timeout=None) -> None:
     """Join the launcher's process group as detectron2's launch joins its workers' (see the module docstring)."""
     from detectron2.engine.launch import DEFAULT_TIMEOUT
 
     timeout = timeout or DEFAULT_TIMEOUT
-    # torch's own rendezvous: under torchrun "env://" connects to the agent's store with a key prefix per restart
-    # (TORCHELASTIC_USE_AGENT_STORE / TORCHELASTIC_RESTART_COUNT), which a restarted group needs; under srun rank 0
-    # hosts the store at the first node
-    init_method = "env://" if launcher.kind == "torchrun" else f"tcp://{launcher.master_addr}:{launcher.master_port}"
     use_gpu = torch.cuda.is_available()
-    dist.init_process_group(backend="NCCL" if use_gpu else "GLOO", init_method=init_method,
+    dist.init_process_group(backend="NCCL" if use_gpu else "GLOO", store=_group_store(launcher, timeout),
                             world_size=launcher.world_size, rank=launcher.rank, timeout=timeout)
     _create_local_group(launcher.local_world_size)
     if use_gpu:
