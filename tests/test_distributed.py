@@ -185,6 +185,31 @@ def test_torchrun_joins_one_group_equal_to_detectron2_launch(two_process_run, en
     assert "World size: 2" in (tout / "log.txt").read_text()
 
 
+def test_srun_tasks_join_one_group_equal_to_detectron2_launch(two_process_run, env, tmp_path):
+    """Two tasks with the variables srun gives each (no SLURM here): they meet at the first node of the node list
+    (rank 0 serves the store) and train as `--num-gpus 2` does."""
+    out, probe = two_process_run
+    sprobe, sout = tmp_path / "probe", tmp_path / "out"
+    base = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    base.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_JOB_NODELIST="127.0.0.1",
+                SLURM_JOB_ID="4242", MASTER_PORT=str(free_port()))
+    logs = [tmp_path / f"task{r}.log" for r in (0, 1)]
+    argv = [sys.executable, str(REPO / "tests" / "distributed_probe.py"), str(sprobe)] + CONFIG + TINY + \
+        ["OUTPUT_DIR", str(sout)]
+    procs = [subprocess.Popen(argv, env=dict(base, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)), cwd=REPO,
+                              stdout=open(logs[r], "w"), stderr=subprocess.STDOUT) for r in (0, 1)]
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    for rank in (0, 1):
+        assert json.loads((sprobe / f"world_rank{rank}.json").read_text()) == {"rank": rank, "world_size": 2,
+                                                                              "local_size": 2}
+        assert_same_weights(_weights(probe / f"weights_rank{rank}.pth"), _weights(sprobe / f"weights_rank{rank}.pth"))
+
+
 def test_torchrun_with_contradictory_num_gpus_stops_writing_nothing(env, tmp_path):
     out, log = tmp_path / "out", tmp_path / "log"
     code = run_tool(torchrun(2) + [str(REPO / "tools" / "train_net.py")] + CONFIG + ["--num-gpus", "8"] + TINY +
