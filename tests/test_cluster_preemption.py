@@ -87,14 +87,28 @@ def test_default_seed_trains_stops_and_resumes_its_own_stream(env, tmp_path):
     assert (out / "model_final.pth").exists()
 
 
-def test_lazy_train_net_sigusr1_then_resumed_equals_uninterrupted(env, tmp_path):
-    ref, out, log = tmp_path / "ref", tmp_path / "out", tmp_path / "log"
-    _ok(run_tool(LAZY_TRAIN_NET + LAZY_CONFIG + LAZY_TINY + [f"train.output_dir={ref}"], env, log), log)
-    args = LAZY_CONFIG + LAZY_TINY + [f"train.output_dir={out}"]
-    code = stop_at(LAZY_TRAIN_NET + args, env, log, iteration=1, marker=tmp_path / "m", sig=signal.SIGUSR1)
-    assert code == EXIT_PREEMPTED and tag(out) == "model_0000001.pth", log.read_text()[-3000:]
+@pytest.fixture(scope="module")
+def lazy_reference(env, tmp_path_factory):
+    """lazy_train_net uninterrupted, 1 process."""
+    base = tmp_path_factory.mktemp("rb_lazy_reference")
+    _ok(run_tool(LAZY_TRAIN_NET + LAZY_CONFIG + LAZY_TINY + [f"train.output_dir={base / 'out'}"], env, base / "log"),
+        base / "log")
+    return base / "out"
+
+
+@pytest.mark.parametrize("workers, sig", [("0", signal.SIGUSR1), ("2", signal.SIGKILL)])
+def test_lazy_train_net_stopped_then_resumed_equals_uninterrupted(lazy_reference, env, tmp_path, workers, sig):
+    out, log = tmp_path / "out", tmp_path / "log"
+    args = LAZY_CONFIG + LAZY_TINY + [f"dataloader.train.num_workers={workers}", f"train.output_dir={out}"]
+    # SIGUSR1 at iteration 1; SIGKILL at 4, after the checkpoint of iteration 2
+    code = stop_at(LAZY_TRAIN_NET + args, env, log, iteration=1 if sig == signal.SIGUSR1 else 4,
+                   marker=tmp_path / "m", sig=sig)
+    if sig == signal.SIGUSR1:
+        assert code == EXIT_PREEMPTED and tag(out) == "model_0000001.pth", log.read_text()[-3000:]
+    else:
+        assert code == -signal.SIGKILL and tag(out) == "model_0000002.pth", log.read_text()[-3000:]
     _ok(run_tool(LAZY_TRAIN_NET + ["--resume"] + args, env, log), log)
-    assert_same_weights(final_weights(ref), final_weights(out))
+    assert_same_weights(final_weights(lazy_reference), final_weights(out))
 
 
 def test_lazy_train_net_cpu_amp(env, tmp_path):
