@@ -169,9 +169,9 @@ def join_process_group(launcher: Launcher, timeout=None) -> None:
 
     timeout = timeout or DEFAULT_TIMEOUT
     use_gpu = torch.cuda.is_available()
+    if use_gpu:  # before NCCL starts: its first collectives then run on this rank's GPU, not on GPU 0
+        torch.cuda.set_device(launcher.local_rank)
     dist.init_process_group(backend="NCCL" if use_gpu else "GLOO", store=_group_store(launcher, timeout),
                             world_size=launcher.world_size, rank=launcher.rank, timeout=timeout)
     _create_local_group(launcher.local_world_size)
-    if use_gpu:
-        torch.cuda.set_device(launcher.local_rank)
     comm.synchronize()
