@@ -262,6 +262,45 @@ register(Section(
     _run_demo, _demo_rows, _demo_arguments, _demo_check, default=False))
 
 
+# ------------------------------------------------------------------------------------------------------ precision-ap
+
+def _ap_arguments(p):
+    p.add_argument("--ap-config", default=None, help="precision-ap: the detector's config (e.g. the config.yaml its "
+                   "training wrote beside model_final.pth)")
+    p.add_argument("--ap-weights", default=None, help="precision-ap: the detector checkpoint (model_final.pth)")
+    p.add_argument("--ap-opts", nargs="*", default=[], metavar="KEY VALUE",
+                   help="precision-ap: config overrides (e.g. DATASETS.TEST '(\"rb_digits_coco_val\",)')")
+
+
+def _ap_check(args):
+    if "precision-ap" in args.sections and not (args.ap_config and args.ap_weights):
+        raise SystemExit("--sections precision-ap needs --ap-config and --ap-weights (a trained detector: its AP "
+                         "is what the section compares)")
+    if len(args.ap_opts) % 2:
+        raise SystemExit(f"--ap-opts takes KEY VALUE pairs, got {len(args.ap_opts)} items")
+
+
+def _run_precision_ap(args, settings, log):
+    from .precision_ap import section_results
+
+    return section_results(args, log)
+
+
+def _precision_ap_rows(key, result):
+    from .precision_ap import precision_ap_rows
+
+    return precision_ap_rows(key, result)
+
+
+register(Section(
+    "precision-ap",
+    "(only when listed) one trained detector (--ap-config, --ap-weights) evaluated on its config's test sets as "
+    "tools/train_net.py --eval-only does (detectron2's evaluators), on the deploy path at float32 and at bfloat16, "
+    "with torch's kernels and with OpenVINO underneath (MODEL.RB_DEPLOY.RUNTIME openvino): AP / AP50 of each and "
+    "the difference of its detections from float32's on the same images.",
+    _run_precision_ap, _precision_ap_rows, _ap_arguments, _ap_check, default=False))
+
+
 def section_of(key: str, result: dict) -> Optional[Section]:
     """The section that produced a result (recorded in it as "section" by the tool)."""
     return SECTIONS.get(result.get("section")) if isinstance(result, dict) else None
