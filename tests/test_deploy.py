@@ -366,6 +366,16 @@ def _run_benchmark(tmp_path, *extra, in_process=False):
     return out, results
 
 
+def test_benchmark_precision_ap_needs_a_trained_detector():
+    """--sections precision-ap (run on a trained detector in tests/test_export_trained.py) refuses to start without
+    one, naming the options."""
+    bench = load_tool("benchmark")
+    with pytest.raises(SystemExit, match="--ap-config and --ap-weights"):
+        bench.main(["--sections", "precision-ap", "--ap-weights", "model_final.pth"])
+    with pytest.raises(SystemExit, match="KEY VALUE pairs"):
+        bench.main(["--sections", "precision-ap", "--ap-config", "c.yaml", "--ap-weights", "w.pth", "--ap-opts", "A"])
+
+
 def test_benchmark_tool_quick_backbone_and_pipeline(tmp_path):
     out, results = _run_benchmark(tmp_path, "--sections", "backbone", "pipeline", "--peers", "onnxruntime", "openvino")
     backbone = results["sections"]["backbone_r50"]

@@ -86,3 +86,30 @@ def test_openvino_export_of_a_digits_trained_detector(trained, tmp_path):
                                        scores=scores, pred_classes=classes)
             worst, rows, _ = compare_outputs(reference, exported)
             assert worst <= 1e-4, rows
+
+
+def test_precision_ap_compares_bfloat16_with_float32_on_the_trained_detector(trained):
+    """tools/benchmark.py --sections precision-ap on the same detector: every contender evaluated by detectron2's
+    COCO evaluator on the validation images; the float32 deploy path gives the AP train_net's own evaluation of the
+    eager model gave, OpenVINO underneath in float32 the same detections, bfloat16 an AP of its own."""
+    import logging
+
+    from resnet_backbone.benchmarking.precision_ap import precision_ap_rows, run_precision_ap
+
+    out, images = trained
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_precision_ap(str(out / "config.yaml"), str(out / "model_final.pth"), [], logging.getLogger())
+    finally:
+        torch.set_num_threads(threads)
+    contenders = result["contenders"]
+    assert list(contenders) == ["deploy-fp32", "deploy-bf16", "deploy-openvino-fp32", "deploy-openvino-bf16"]
+    ap = {name: c["results"]["rb_digits_coco_val"]["bbox"]["AP"] for name, c in contenders.items()}
+    eager = json.loads((out / "eval_results.json").read_text())["results"]["rb_digits_coco_val"]["bbox"]["AP"]
+    assert ap["deploy-fp32"] == pytest.approx(eager, abs=0.05) and eager > 0
+    same = contenders["deploy-openvino-fp32"]["vs_deploy-fp32"]
+    assert same["images"] == len(images) and same["images_with_other_detection_counts"] == 0
+    assert same["max_score_diff"] < 1e-4
+    assert all(0 <= ap[name] <= 100 for name in ap)
+    assert len(precision_ap_rows("precision_ap", result)) == 1 + len(contenders)
