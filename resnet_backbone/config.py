@@ -98,6 +98,9 @@ def _pretrain_defaults():
     # ResNets' norm layer ("BN": per-GPU statistics as in the paper; "SyncBN": over all GPUs; "naiveSyncBN":
     # detectron2's all-reduce version, also on CPU processes (GLOO), so N processes train as one with N x the batch)
     p.NORM = "BN"
+    # ResNets: zero-initialise each residual branch's last BN (Goyal et al. 2017), so that every block starts as
+    # the identity; not in the paper, which trains without it (the shipped configs keep False)
+    p.ZERO_INIT_LAST = False
     # mixed precision: the forward under autocast in bfloat16 where the device supports it (CPU, recent CUDA GPUs;
     # no loss scaling needed), else float16 with a GradScaler (saved in the checkpoints); evaluation stays float32
     p.AMP = False
@@ -265,6 +268,7 @@ KEY_CHECKS = {
     "PRETRAIN.SHORTCUT": lambda w, v: check_choice(w, v, ("", "A", "B", "C")),
     "PRETRAIN.NORM": lambda w, v: check_choice(w, v, tuple(n for n in NORM_OPTIONS if n)),
     "PRETRAIN.AMP": _BOOL,
+    "PRETRAIN.ZERO_INIT_LAST": _BOOL,
     "PRETRAIN.DATASET.NAME": lambda w, v: check_choice(w, v, tuple(_choices(".data.classification_sets",
                                                                             "DATASETS"))),
     "PRETRAIN.DATASET.ROOT": check_path,

@@ -41,8 +41,9 @@ PREDICTION_IMAGES = {"full": 4, "tiny": 2}  # validation images drawn per detect
 TINY_DETECTION_SET = {"num_train": 5, "num_val": 2}  # --tiny: the detection set's size (VOC needs >= 2 per split)
 
 # (name, backbone label, pretraining config, override sections)
-PRETRAININGS = (("pretrain_r101", "ResNet-101", "configs/imagenet/resnet101.yaml", ("pretrain",)),
-                ("pretrain_vgg16", "VGG-16", "configs/imagenet/vgg16.yaml", ("pretrain", "pretrain_vgg16")))
+PRETRAININGS = (
+    ("pretrain_r101", "ResNet-101", "configs/imagenet/resnet101.yaml", ("pretrain", "pretrain_resnet101")),
+    ("pretrain_vgg16", "VGG-16", "configs/imagenet/vgg16.yaml", ("pretrain", "pretrain_vgg16")))
 # (name, detection config, override sections after `common`, pretraining it starts from or None)
 DETECTORS = (("frcnn_r101_pretrained", "configs/coco/frcnn_r101.yaml", ("resnet_pretrained",), "pretrain_r101"),
              ("frcnn_vgg16_pretrained", "configs/coco/frcnn_vgg16.yaml", ("vgg16_pretrained",), "pretrain_vgg16"),

@@ -51,13 +51,15 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_classifier(cfg, num_classes: int) -> nn.Module:
-    """create_model(PRETRAIN.MODEL) with PRETRAIN.{SHORTCUT, NORM} where set (ValueError for bad combinations)."""
+    """create_model(PRETRAIN.MODEL) with PRETRAIN.{SHORTCUT, NORM, ZERO_INIT_LAST} where set (ValueError for bad combinations)."""
     p = cfg.PRETRAIN
     options = {"num_classes": num_classes}
     if p.SHORTCUT:
         options["shortcut"] = p.SHORTCUT
     if p.NORM != "BN":
         options["norm"] = p.NORM
+    if p.ZERO_INIT_LAST:
+        options["zero_init_last"] = True
     return create_model(p.MODEL, **options)
 
 
