@@ -6,7 +6,6 @@ IR gives the eager detector's detections within 1e-4 (float32) on the image it w
 other validation image."""
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
