@@ -99,7 +99,7 @@ def test_the_from_scratch_control_changes_only_what_training_without_weights_nee
 
 def test_pretraining_keeps_the_papers_classification_recipe():
     s = _sections()
-    for name, config, sections in (("pretrain_r101", "resnet101", ("pretrain",)),
+    for name, config, sections in (("pretrain_r101", "resnet101", ("pretrain", "pretrain_resnet101")),
                                    ("pretrain_vgg16", "vgg16", ("pretrain", "pretrain_vgg16"))):
         path = str(REPO / "configs" / "imagenet" / f"{config}.yaml")
         paper = load_config(path)
@@ -121,6 +121,24 @@ def test_pretraining_keeps_the_papers_classification_recipe():
     assert list(vgg.PRETRAIN.INPUT.PIXEL_MEAN) == list(det.MODEL.PIXEL_MEAN)
     assert list(vgg.PRETRAIN.INPUT.PIXEL_STD) == list(det.MODEL.PIXEL_STD)
     assert vgg.PRETRAIN.INPUT.FORMAT == det.INPUT.FORMAT
+
+
+def test_pretraining_zero_init_last_starts_every_resnet_block_as_identity():
+    # PRETRAIN.ZERO_INIT_LAST (the demo's ResNet-101 classifier): every residual branch's last BN scale is 0, so the
+    # classifier's output at initialisation is the same as without the branches; a net without them refuses it
+    from resnet_backbone.engine.pretrain.loop import build_classifier
+
+    cfg = load_config(str(REPO / "configs" / "imagenet" / "resnet50.yaml"), ["PRETRAIN.ZERO_INIT_LAST", "True"])
+    model = build_classifier(cfg, 10).eval()
+    blocks = [b for stage in (model.res2, model.res3, model.res4, model.res5) for b in stage]
+    assert blocks and all(float(b.last_conv.norm.weight.detach().abs().sum()) == 0 for b in blocks)
+    assert all(float(b.conv1.norm.weight.detach().abs().sum()) > 0 for b in blocks)
+    plain = build_classifier(load_config(str(REPO / "configs" / "imagenet" / "resnet50.yaml")), 10)
+    assert all(float(b.last_conv.norm.weight.detach().abs().sum()) > 0
+               for stage in (plain.res2, plain.res5) for b in stage)
+    with pytest.raises(ValueError, match="zero_init_last"):
+        build_classifier(load_config(str(REPO / "configs" / "imagenet" / "vgg16.yaml"),
+                                     ["PRETRAIN.ZERO_INIT_LAST", "True"]), 10)
 
 
 def test_each_arms_lr_is_the_best_of_its_recorded_grid(tmp_path):

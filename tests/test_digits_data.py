@@ -103,3 +103,5 @@ def test_classification_set_uses_the_pretraining_pools(tmp_path):
     pixels = np.asarray(Image.open(tmp_path / "cls" / "val" / "digit_0" / sorted(
         os.listdir(tmp_path / "cls" / "val" / "digit_0"))[0]))
     assert pixels.shape == (32, 32, 3) and pixels.std() > 10
+    # the digit as scanned: black ink on white paper, grey (no colour)
+    assert pixels.max() == 255 and pixels.min() < 64 and (pixels == pixels[..., :1]).all()

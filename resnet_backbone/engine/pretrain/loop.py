@@ -51,7 +51,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_classifier(cfg, num_classes: int) -> nn.Module:
-    """create_model(PRETRAIN.MODEL) with PRETRAIN.{SHORTCUT, NORM, ZERO_INIT_LAST} where set (ValueError for bad combinations)."""
+    """create_model(PRETRAIN.MODEL) with PRETRAIN.{SHORTCUT, NORM, ZERO_INIT_LAST} where set (ValueError for bad
+    combinations)."""
     p = cfg.PRETRAIN
     options = {"num_classes": num_classes}
     if p.SHORTCUT:
