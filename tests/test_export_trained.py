@@ -11,6 +11,9 @@ import pytest
 import torch
 from conftest import REPO
 
+pytest.importorskip("detectron2.export", reason="this detectron2's export module does not import (v0.6: caffe2)",
+                    exc_type=ImportError)
+
 from resnet_backbone.data.digits import detection_paths, generate_digit_detection
 from resnet_backbone.data.register import register_synthetic_datasets
 from resnet_backbone.engine import runtimes
