@@ -55,18 +55,24 @@ def torchrun(nproc, *extra):
             "127.0.0.1", "--master-port", str(free_port()), *extra]
 
 
+def child_processes(pid):
+    """The processes whose parent is `pid`, in pid (= start) order, as (pid, command line bytes)."""
+    children = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                children.append((int(entry.name), (entry / "cmdline").read_bytes()))
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+    return sorted(children)
+
+
 def _descendants(pid):
     """Every process below `pid` (torchrun starts its workers in sessions of their own: killpg misses them)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     found, todo = [], [pid]
     while todo:
-        kids = children.get(todo.pop(), [])
+        kids = [child for child, _ in child_processes(todo.pop())]
         found += kids
         todo += kids
     return found
