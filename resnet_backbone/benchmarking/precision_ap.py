@@ -67,7 +67,7 @@ def _difference(reference: dict, outputs: dict) -> dict:
             "median_score_diff": statistics.median(scores) if scores else None}
 
 
-def _evaluate(config_file: str, opts: Sequence[str], log) -> Tuple[dict, dict, float]:
+def _evaluate(config_file: str, opts: Sequence[str]) -> Tuple[dict, dict, float]:
     from ..engine.run_config import RunConfig
     from ..engine.trainer import Trainer
 
@@ -98,7 +98,7 @@ def run_precision_ap(config_file: str, weights: str, opts: Sequence[str], log) -
                 continue
             log.info("precision-ap: %s on %s", name, weights)
             results, outputs, seconds = _evaluate(config_file, [*opts, "MODEL.WEIGHTS", weights, "MODEL.DEVICE",
-                                                                "cpu", "OUTPUT_DIR", f"{tmp}/{name}", *deploy], log)
+                                                                "cpu", "OUTPUT_DIR", f"{tmp}/{name}", *deploy])
             entry = {"results": results, "seconds": seconds}
             if reference is None:
                 reference = outputs
