@@ -65,6 +65,18 @@ def test_boxes_are_the_ink_and_never_touch():
     assert INK_THRESHOLD > 0
 
 
+def test_detection_digits_are_dark_ink_on_light_paper():
+    # the pretraining images' polarity (black on white): a pretrained detector keeps its FrozenBN statistics
+    for index in range(6):
+        sample = render_detection_sample("val", index, 10)
+        paper = float(np.median(sample.image))
+        assert paper >= digits.PAPER_LEVEL[0] - 20
+        for inst in sample.instances:
+            x, y, w, h = inst.bbox
+            ink = np.percentile(sample.image[y:y + h, x:x + w].mean(axis=2), 5)
+            assert ink <= digits.INK_LEVEL[1] + 50 < paper - 60, (index, inst)
+
+
 def test_detection_set_files_agree_and_regenerate_only_on_new_parameters(tmp_path):
     root = tmp_path / "det"
     record = generate_digit_detection(root, num_train=5, num_val=2)

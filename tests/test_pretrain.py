@@ -430,3 +430,29 @@ def test_preprocessing_check_names_every_disagreement(tmp_path):
                        "INPUT.FORMAT", "RGB", "MODEL.RESNETS.STRIDE_IN_1X1", "False"])
     with pytest.raises(ValueError, match="MODEL.PIXEL_MEAN"):
         check_preprocessing(bad, str(weights))
+
+
+def test_vgg16_fc6_moves_as_at_224_px_on_smaller_crops():
+    """Below 224 px pool5 is smaller than the 7x7 fc6 takes and each cell is copied: at 32 px fc6 acts on the one
+    cell through the sum V of its 49 position blocks, and one step at the scaled lr moves V exactly as one step at
+    the full lr moves a plain 512-input layer holding V."""
+    model = create_model("vgg16", num_classes=10)
+    assert model.lr_scales(224) == {} and create_model("resnet18", num_classes=10).lr_scales(32) == {}
+    assert model.lr_scales(32) == {"fc6.weight": pytest.approx(1 / 49)}  # pool5 1x1, copied 49 times
+    assert model.lr_scales(64) == {"fc6.weight": pytest.approx(4 / 49)}  # 2x2
+    torch.manual_seed(0)
+    fc6 = torch.nn.Linear(512 * 49, 16)
+    cell, target = torch.randn(4, 512, 1, 1), torch.randn(4, 16)
+    summed = lambda w: w.view(16, 512, 49).sum(2)  # noqa: E731  (the weight V the cell meets)
+    plain = torch.nn.Linear(512, 16)
+    with torch.no_grad():
+        plain.weight.copy_(summed(fc6.weight))
+        plain.bias.copy_(fc6.bias)
+    copied = torch.nn.functional.adaptive_avg_pool2d(cell, 7).flatten(1)  # what classify feeds fc6 at 32 px
+    assert torch.allclose(fc6(copied), plain(cell.flatten(1)), atol=1e-4)
+    lr = 0.1
+    for layer, x, step in ((fc6, copied, lr * model.lr_scales(32)["fc6.weight"]), (plain, cell.flatten(1), lr)):
+        ((layer(x) - target) ** 2).sum().backward()
+        with torch.no_grad():
+            layer.weight -= step * layer.weight.grad
+    assert torch.allclose(summed(fc6.weight), plain.weight, atol=1e-5)

@@ -73,10 +73,11 @@ class Stage:
     outputs: List[str]  # files under output_dir that must exist when it has finished
     depends: List["Stage"] = field(default_factory=list)
     env: Optional[dict] = None
+    data: Optional[dict] = None  # the completion record key of the data set it reads (its parameters, version)
 
     def key(self) -> list:
-        """What the stage's outputs are a function of: its command and the stages it reads from."""
-        return [self.command, [d.key() for d in self.depends]]
+        """What the stage's outputs are a function of: its command, its data set and the stages it reads from."""
+        return [self.command, self.data, [d.key() for d in self.depends]]
 
 
 def _relay(line: str) -> None:
@@ -141,6 +142,7 @@ class Plan:
     device: str
     tiny: bool
     env: Optional[dict]
+    data: dict = field(default_factory=dict)  # {"pretraining" / "detection": the data set's record key}
 
     def pretraining(self, name: str, folder: Path, *, seed: int, lr: dict, schedule: dict = None) -> Stage:
         from resnet_backbone.engine.overrides import overrides_to_opts
@@ -154,7 +156,8 @@ class Plan:
         command += ["MODEL.DEVICE", self.device, "OUTPUT_DIR", str(folder)]
         what = (f"pretrain {label} on the digits (seed {seed}, lr {values['PRETRAIN.SOLVER.BASE_LR']} per 256, "
                 f"{values['PRETRAIN.SOLVER.MAX_ITER']} iterations, {config})")
-        return Stage(f"{folder.parent.name}_{folder.name}", what, command, folder, PRETRAIN_OUTPUTS, env=self.env)
+        return Stage(f"{folder.parent.name}_{folder.name}", what, command, folder, PRETRAIN_OUTPUTS, env=self.env,
+                     data=self.data.get("pretraining"))
 
     def detection(self, name: str, folder: Path, *, seed: int, lr: dict, weights: Optional[Stage],
                   schedule: dict = None):
@@ -176,7 +179,8 @@ class Plan:
         command += ["MODEL.DEVICE", self.device, "OUTPUT_DIR", str(folder)]
         what = (f"Faster R-CNN {label} {init} (seed {seed}, lr {values['SOLVER.BASE_LR']}, "
                 f"{values['SOLVER.MAX_ITER']} iterations, {config}), evaluated on {values['DATASETS.TEST']}")
-        stage = Stage(f"{folder.parent.name}_{folder.name}", what, command, folder, DETECTOR_OUTPUTS, depends, self.env)
+        stage = Stage(f"{folder.parent.name}_{folder.name}", what, command, folder, DETECTOR_OUTPUTS, depends, self.env,
+                      self.data.get("detection"))
         return config, opts, stage
 
     def prediction(self, name, config, opts, trained: Stage, images: List[Path]) -> Stage:
@@ -319,7 +323,7 @@ def ensure_data(plan: Plan, data_root: Path) -> dict:
             "detection_val_digits": len(val), "detection_train_digits": len(detection["digits"]["train"]),
             "pretrain_train_digits": len(classes["digits"]["train"]),
             "pretrain_val_digits": len(classes["digits"]["val"]), "overlap": sorted(val & seen),
-            "detection_images": detection["key"]}
+            "detection_images": detection["key"], "pretraining_images": classes["key"]}
 
 
 def write_report(out: Path, seeds: int, pretrain_stages, detector_stages, predictions, split) -> dict:
@@ -409,6 +413,7 @@ def main(argv=None):
     plan = Plan(load_override_sections(OVERRIDES), out, args.device, args.tiny, env)
     data_root = out / "datasets" / "rb_digits" if args.tiny else Path(digits_root())
     split = ensure_data(plan, data_root)
+    plan.data = {"pretraining": split["pretraining_images"], "detection": split["detection_images"]}
     log(f"data: scikit-learn's handwritten digits, split into disjoint pools: pretraining {split['pretrain_train_digits']}"
         f" train / {split['pretrain_val_digits']} val digits, detection training {split['detection_train_digits']}, "
         f"detection validation {split['detection_val_digits']} digits (shared with earlier stages: "

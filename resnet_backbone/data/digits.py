@@ -6,9 +6,10 @@ Two embedded sets are made from them, each digit upscaled (bicubic):
 - ``generate_digit_classes``: the pretraining "ImageNet" (PRETRAIN.DATASET.NAME "digits"), ImageNet folder layout
   ``root/{train,val}/digit_<d>/*.png``: one digit per 32x32 image, 18-28 px tall, black on white as scanned;
 - ``generate_digit_detection``: the detection set (COCO json + Pascal VOC xml, the ``rb_digits_*`` names of
-  data/register.py): 2-4 digits per image at 16-40 px, boxes never touching, 10 classes "0".."9", on cluttered
-  backgrounds (the muted noise / gradient / texture backgrounds of data/synthetic_detection.py plus random
-  strokes), each digit inked in a random colour that contrasts with the background under it.
+  data/register.py): 2-4 digits per image at 20-40 px, boxes never touching, 10 classes "0".."9", in dark ink on
+  cluttered paper: light paper of a random level and tint carrying a faint noise / gradient / texture pattern (those
+  of data/synthetic_detection.py) and grey pencil strokes. Dark on light, as the pretraining images: a detector
+  starting from the pretrained weights keeps its FrozenBN statistics, which came from those.
 
 The split (``digit_pools``): one fixed permutation of the 1,797 digits cut into four disjoint pools,
 
@@ -46,7 +47,7 @@ __all__ = ["CLASS_NAMES", "POOL_SIZES", "TUNE_FRACTION", "DigitBox", "DigitSampl
            "render_classification_image", "render_detection_sample", "generate_digit_classes",
            "generate_digit_detection", "ensure_digit_detection", "detection_paths", "RECORD_NAME"]
 
-GENERATOR_VERSION = 2  # bump when the drawing changes: records of older versions then no longer match
+GENERATOR_VERSION = 3  # bump when the drawing changes: records of older versions then no longer match
 RECORD_NAME = "complete.json"
 CLASS_NAMES = tuple(str(d) for d in range(10))
 POOL_SIZES = (("pretrain_train", 1000), ("pretrain_val", 200), ("detect_train", 297), ("detect_val", 300))
@@ -54,14 +55,18 @@ POOL_SEED = 20160627  # the permutation that cuts the pools: fixed, so the split
 TUNE_FRACTION = 0.8  # the first 4/5 of the detection training images (and of its digits) form tune_train
 CLASS_IMAGE_SIZE = 32
 CLASS_DIGIT_SIZE = (18, 28)
-DETECTION_DIGIT_SIZE = (16, 40)
+DETECTION_DIGIT_SIZE = (20, 40)
 DETECTION_DIGITS = (2, 4)
 DETECTION_IMAGE_SIZE = (96, 96)  # (height, width)
 INK_THRESHOLD = 0.3  # a digit's box: the upscaled pixels with at least this much ink
 BOX_GAP = 2  # pixels kept free around each digit's box
 STROKES = {"detection": (2, 6)}  # clutter strokes per detection image
-STROKE_CONTRAST = 70  # per channel, around the background's mean colour
-INK_TINT = 30  # per channel: ink is near black on light backgrounds, near white on dark ones, slightly coloured
+PAPER_LEVEL = (175, 245)  # the detection images' paper: its mean grey level ...
+PAPER_TINT = 12  # ... and tint (per channel)
+PAPER_CONTRAST = 0.35  # the background pattern's contrast on the paper, relative to the shapes set's
+STROKE_DARKENING = (40, 100)  # clutter strokes: this much darker than the paper (the ink is darker still)
+INK_LEVEL = (0, 60)  # the digits' ink
+INK_TINT = 24  # per channel
 _SPLIT_CODE = {"train": 0, "val": 1}
 # the shapes set's noise, gradient and texture backgrounds (its stripes, ink-like edges at a digit's stroke width,
 # would hide the digits rather than clutter them)
@@ -112,14 +117,14 @@ def _glyph(digit: int, size: int) -> np.ndarray:
 
 
 def _strokes(rng, image: np.ndarray, count: Tuple[int, int]) -> np.ndarray:
-    # clutter: thin lines and arcs, in colours near the background's (at most STROKE_CONTRAST per channel away), so
-    # they clutter the image without looking like ink
+    # clutter: thin grey lines and arcs, darker than the paper but lighter than the ink (pencil marks, ruled lines)
     height, width = image.shape[:2]
     canvas = Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    mean = image.reshape(-1, 3).mean(axis=0)
+    paper = image.reshape(-1, 3).mean(axis=0)
     for _ in range(rng.randint(count[0], count[1] + 1)):
-        colour = tuple(int(c) for c in np.clip(mean + rng.uniform(-STROKE_CONTRAST, STROKE_CONTRAST, size=3), 0, 255))
+        grey = paper - rng.uniform(*STROKE_DARKENING) + rng.uniform(-INK_TINT, INK_TINT, size=3) / 2
+        colour = tuple(int(c) for c in np.clip(grey, 0, 255))
         x0, x1 = sorted(rng.uniform(-0.2, 1.2, size=2) * width)
         y0, y1 = sorted(rng.uniform(-0.2, 1.2, size=2) * height)
         if rng.rand() < 0.5:
@@ -132,17 +137,19 @@ def _strokes(rng, image: np.ndarray, count: Tuple[int, int]) -> np.ndarray:
 
 
 def _background(rng, height: int, width: int, strokes: Tuple[int, int]) -> np.ndarray:
-    image = _BACKGROUNDS[rng.randint(len(_BACKGROUNDS))](rng, height, width)
-    return _strokes(rng, image, strokes)
+    # the shapes set's noise / gradient / texture patterns, their contrast reduced and moved onto light paper of a
+    # random level and tint: digits are dark ink on paper, as scanned (and as the pretraining images show them)
+    pattern = _BACKGROUNDS[rng.randint(len(_BACKGROUNDS))](rng, height, width)
+    level = rng.uniform(*PAPER_LEVEL) + rng.uniform(-PAPER_TINT, PAPER_TINT, size=3)
+    image = level + PAPER_CONTRAST * (pattern - pattern.mean(axis=(0, 1)))
+    return _strokes(rng, np.clip(image, 0, 255), strokes)
 
 
 def _ink(rng, image: np.ndarray, glyph: np.ndarray, x: int, y: int) -> None:
-    # an ink colour that contrasts with the background under the digit: dark on light, light on dark
+    # dark ink of a random level and slight tint
     size = glyph.shape[0]
     patch = image[y:y + size, x:x + size]
-    light = patch.mean() > 128
-    base = rng.uniform(0, 40) if light else rng.uniform(215, 255)
-    colour = np.clip(base + rng.uniform(-INK_TINT, INK_TINT, size=3), 0, 255)
+    colour = np.clip(rng.uniform(*INK_LEVEL) + rng.uniform(-INK_TINT, INK_TINT, size=3), 0, 255)
     alpha = glyph[..., None]
     image[y:y + size, x:x + size] = patch * (1 - alpha) + colour * alpha
 

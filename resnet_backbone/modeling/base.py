@@ -28,6 +28,10 @@ class ClassifierBackbone(Backbone):
             return feats
         return self.classify(last)
 
+    def lr_scales(self, crop_size: int) -> Dict[str, float]:
+        """{parameter name: factor on the lr} for training the classifier on ``crop_size`` crops; none by default."""
+        return {}
+
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
                 for name in self._out_features}

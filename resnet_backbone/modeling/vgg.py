@@ -105,6 +105,17 @@ class VGG(ClassifierBackbone):
         outputs["_last"] = x
         return outputs
 
+    def lr_scales(self, crop_size: int) -> Dict[str, float]:
+        """fc6's weights at 1 / copies below 224 px crops. pool5 is then smaller than the 7x7 fc6 takes, and the
+        adaptive pooling copies each of its cells ``copies`` times (49 at 32 px: pool5 is 1x1); the copies share one
+        input, so fc6 moves as if its lr were ``copies`` times the paper's, and VGG-16 diverged at every lr tried
+        (docs/demo.md). Scaled, fc6 moves as a 7x7 one does at 224 px; at 224 px nothing changes."""
+        if self.num_classes is None:
+            return {}
+        cells = max(check_int("crop_size", crop_size, 1) // self._out_feature_strides["conv5_3"] // 2, 1)
+        copies = (self.pool_size / min(cells, self.pool_size)) ** 2
+        return {"fc6.weight": 1.0 / copies} if copies > 1 else {}
+
     def classify(self, last):
         x = F.adaptive_avg_pool2d(F.max_pool2d(last, 2, 2), self.pool_size)  # pool5
         x = self.dropout(F.relu_(self.fc6(torch.flatten(x, 1))))

@@ -108,8 +108,8 @@ class PretrainRun:
         seed = cfg.SEED if cfg.SEED >= 0 else int(comm.shared_random_seed())
         torch.manual_seed(seed)  # the same initial weights on every rank
         model = build_classifier(cfg, self.num_classes).to(self.device)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=s.BASE_LR, momentum=s.MOMENTUM,
-                                         weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
+        self.optimizer = torch.optim.SGD(_param_groups(model, cfg.PRETRAIN.INPUT.CROP_SIZE), lr=s.BASE_LR,
+                                         momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
         self.schedule = LRSchedule.from_cfg(cfg)
         self.amp_dtype = pretrain_amp_dtype(self.device) if cfg.PRETRAIN.AMP else None
         self.scaler = grad_scaler(self.device, self.amp_dtype)
@@ -213,7 +213,7 @@ class PretrainRun:
     def _step(self, it: int, images, targets, lr: float) -> tuple:
         """One SGD step at ``lr``; returns (loss, training top-1 error) of the batch, averaged over all ranks."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)):
             logits = self.model(images)
         loss = F.cross_entropy(logits.float(), targets)
@@ -277,3 +277,16 @@ class PretrainRun:
             atomic_write_text(os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE), json.dumps(results, indent=2))
         comm.synchronize()
         return results
+
+
+def _param_groups(model, crop_size: int) -> list:
+    """The optimizer's groups: the parameters the classifier scales the lr of (lr_scales) each in its own."""
+    scales = model.lr_scales(crop_size)
+    named = dict(model.named_parameters())
+    unknown = sorted(set(scales) - set(named))
+    if unknown:
+        raise ValueError(f"{type(model).__name__}.lr_scales names {unknown}, which are not its parameters")
+    for name, scale in scales.items():
+        logger.info("%s: lr x %.4g at %d px crops (%s.lr_scales)", name, scale, crop_size, type(model).__name__)
+    groups = [{"params": [p for n, p in named.items() if n not in scales], "lr_scale": 1.0}]
+    return groups + [{"params": [named[n]], "lr_scale": float(s)} for n, s in scales.items()]
