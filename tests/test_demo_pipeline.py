@@ -169,6 +169,24 @@ def test_each_arms_lr_is_the_best_of_its_recorded_grid(tmp_path):
     assert {k: v for k, v in again.items() if k not in choice} == {k: v for k, v in s.items() if k not in choice}
 
 
+def test_a_stage_is_kept_only_for_the_data_set_it_read(tmp_path):
+    # the data sets live outside the stages' folders (datasets/): a redrawn set (another generator version or size)
+    # must run the stages that read it again, and only those
+    demo = load_tool("demo")
+    plan = _plan(demo, tmp_path)
+
+    def keys(detection_version):
+        plan.data = {"pretraining": {"set": "digit_classes", "generator_version": 3},
+                     "detection": {"set": "digit_detection", "generator_version": detection_version}}
+        pretraining = plan.pretraining("pretrain_r101", tmp_path / "p", seed=0, lr=plan.tuned("pretrain_r101"))
+        detector = plan.detection("frcnn_r101_pretrained", tmp_path / "d", seed=0,
+                                  lr=plan.tuned("frcnn_r101_pretrained"), weights=pretraining)[2]
+        return pretraining.key(), detector.key()
+
+    (pre_a, det_a), (pre_b, det_b) = keys(3), keys(4)
+    assert pre_a == pre_b and det_a != det_b
+
+
 def test_a_failed_stage_names_its_log(tmp_path, capsys):
     demo = load_tool("demo")
     stage = demo.Stage("broken", "a stage that fails", ["python", "-c", "import sys; print('boom'); sys.exit(3)"],

@@ -3,11 +3,11 @@
 ResNet-101 and VGG-16.
 
   1. pretraining (tools/pretrain_net.py, configs/imagenet/{resnet101,vgg16}.yaml): the paper's classification
-     recipe on 1000 real handwritten digits drawn on varied backgrounds (data/digits.py), exporting detectron2-format
+     recipe on 1000 real handwritten digits, black on white as scanned (data/digits.py), exporting detectron2-format
      weights with their provenance;
   2. Faster R-CNN fine-tuning (tools/train_net.py, configs/coco/frcnn_{r101,vgg16}.yaml) from those weights with the
      paper's detection recipe (FrozenBN, frozen stem + res2, VGG-16's frozen conv1-2, step schedule) on images of
-     2-4 digits on cluttered backgrounds;
+     2-4 digits in dark ink on cluttered light paper;
   3. the control: Faster R-CNN ResNet-101 from scratch (trainable BN, nothing frozen, zero-init);
   4. every detector evaluated in COCO format (pycocotools) and VOC format on the same validation images, whose
      digits no stage trains on; prediction pictures (tools/predict.py) beside the ground truth, the table with
@@ -233,15 +233,16 @@ def _run_grid(stages: List[Stage], logs: Path, first: int, total: int) -> set:
     return done
 
 
-def _coco_ap(folder: Path) -> float:
+def _coco_ap50(folder: Path) -> float:
     results = json.loads((folder / "eval_results.json").read_text())["results"]
-    return float(next(r["bbox"]["AP"] for r in results.values() if r.get("format") == "coco"))
+    return float(next(r["bbox"]["AP50"] for r in results.values() if r.get("format") == "coco"))
 
 
 def tune(plan: Plan, logs: Path) -> dict:
     """Run the grid: every pretraining arm at every lr of grid.pretrain_lrs, scored by its validation top-1 error;
     every detector at every lr of grid.detection_lrs on tune_train (pretrained ones from their arm's best grid
-    pretraining), scored by COCO AP on tune_val. Returns {"tuned": ..., "grid_results": ...}."""
+    pretraining), scored by COCO AP50 on tune_val (AP at IoU .5: it still separates
+    detectors that AP at [.5, .95] puts at 0 after a short schedule). Returns {"tuned": ..., "grid_results": ...}."""
     grid = plan.sections["grid"]
     folder = plan.out / "tune"
     pre = {name: [plan.pretraining(name, folder / f"{name}_lr{lr}", seed=0, lr={"PRETRAIN.SOLVER.BASE_LR": lr},
@@ -274,11 +275,11 @@ def tune(plan: Plan, logs: Path) -> dict:
                      for lr in grid["detection_lrs"]]
     done = _run_grid([s for stages in det.values() for s in stages], logs, len(first) + 1, total)
     for name, stages in det.items():
-        scores = {lr: round(_coco_ap(s.output_dir), 1) if s.name in done else float("nan")
+        scores = {lr: round(_coco_ap50(s.output_dir), 1) if s.name in done else float("nan")
                   for lr, s in zip(grid["detection_lrs"], stages)}
         lr = best_lr(scores, lower_is_better=False)
         tuned[name], results[name] = {"SOLVER.BASE_LR": lr}, scores
-        log(f"    {name}: COCO AP on tune_val by lr {scores} -> lr {lr}")
+        log(f"    {name}: COCO AP50 on tune_val by lr {scores} -> lr {lr}")
     return {"tuned": tuned, "grid_results": results}
 
 
@@ -295,7 +296,7 @@ def write_tuned(path: Path, choice: dict) -> None:
         lines.append(f"  {name}:")
         lines += [f"    {k}: {v}" for k, v in opts.items()]
     lines += ["grid_results:",
-              "  # pretraining: 1-crop validation top-1 error (%) by lr; detection: COCO AP on tune_val by lr"]
+              "  # pretraining: 1-crop validation top-1 error (%) by lr; detection: COCO AP50 on tune_val by lr"]
     for name, scores in choice["grid_results"].items():
         lines.append(f"  {name}: {{{', '.join(f'{lr}: {_yaml_number(v)}' for lr, v in scores.items())}}}")
     text = path.read_text()
