@@ -26,7 +26,7 @@ import export_model as export_tool  # noqa: E402  (tools/export_model.py)
 import train_net  # noqa: E402  (tools/train_net.py)
 
 pytestmark = pytest.mark.slow  # trains a detector: ~2 minutes with the exports
-# the smallest run that gave detections above 0.5 on the validation images (60 training images, 300 iterations;
+# a short run that gives detections above 0.5 on the validation images (60 training images, 300 iterations;
 # 200 were enough on the generator-version-2 images, whose digits were often light on dark)
 TRAIN = {"num_train": 60, "num_val": 4}
 SCALE = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "SOLVER.MAX_ITER", "300",
