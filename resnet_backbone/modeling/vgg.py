@@ -108,8 +108,8 @@ class VGG(ClassifierBackbone):
     def lr_scales(self, crop_size: int) -> Dict[str, float]:
         """fc6's weights at 1 / copies below 224 px crops. pool5 is then smaller than the 7x7 fc6 takes, and the
         adaptive pooling copies each of its cells ``copies`` times (49 at 32 px: pool5 is 1x1); the copies share one
-        input, so fc6 moves as if its lr were ``copies`` times the paper's, and VGG-16 diverged at every lr tried
-        (docs/demo.md). Scaled, fc6 moves as a 7x7 one does at 224 px; at 224 px nothing changes."""
+        input, so unscaled fc6 would move as if its lr were ``copies`` times the paper's (docs/demo.md). Scaled, it
+        moves as a 7x7 one does at 224 px; at 224 px nothing changes."""
         if self.num_classes is None:
             return {}
         cells = max(check_int("crop_size", crop_size, 1) // self._out_feature_strides["conv5_3"] // 2, 1)
