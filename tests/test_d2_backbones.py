@@ -17,6 +17,9 @@ import resnet_backbone
 from resnet_backbone.d2.backbones import (build_rb_resnet_backbone, build_rb_resnet_fpn_backbone,
                                           build_rb_retinanet_resnet_fpn_backbone, build_rb_vgg16_backbone)
 from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead
+from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
+from resnet_backbone.checkpoint.convert import plugin_to_detectron2
+from resnet_backbone.checkpoint.pkl_writer import save_pkl
 from resnet_backbone.d2.weights import DETECTOR_LAYOUTS, map_classifier_to_detector
 from resnet_backbone.modeling import ResNet
 from resnet_backbone.modeling.blocks import BasicBlock, BottleneckBlock
@@ -313,6 +316,39 @@ def test_vgg16_backbone_and_box_head_load_torchvision_vgg16():
     pooled = torch.randn(3, 512, 7, 7)
     torch.testing.assert_close(head(pooled), tv.classifier[:5](torch.flatten(pooled, 1)), rtol=1e-4, atol=1e-4)
 
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("pooled", [1, 2, 3])
+@pytest.mark.parametrize("source", ["detector checkpoint", "pretraining export"])
+def test_vgg16_box_head_on_a_small_pooled_roi_computes_torchvision_vgg16s_classifier(tmp_path, pooled, source):
+    """A 7x7 fc6 loaded into the head of a smaller pooled RoI computes what torchvision's vgg16 computes on a pool5
+    of that size: its AdaptiveAvgPool2d to 7x7, then classifier[0] (fc6) and the rest. From a checkpoint with the
+    detector's names and from the pretraining's export (classifier names, matched by detectron2's heuristics)."""
+    tv = torchvision.models.vgg16(weights=None).eval()
+    head = RBVGG16FCHead(make_cfg(), ShapeSpec(channels=512, height=pooled, width=pooled)).eval()
+    det = nn.Module()
+    det.roi_heads = nn.Module()
+    det.roi_heads.box_head = head
+    plugin = {k: v for k, v in _torchvision_vgg16_to_plugin(tv).items() if k.startswith(("fc6", "fc7"))}
+    if source == "detector checkpoint":
+        path = tmp_path / "vgg16_heads.pth"
+        torch.save({"model": map_classifier_to_detector(plugin, "vgg16")[0]}, path)
+    else:
+        path = tmp_path / "vgg16_heads.pkl"
+        save_pkl(plugin_to_detectron2(plugin, author="test")[0], path)
+    SafeDetectionCheckpointer(det, allow_partial=True).load(str(path))
+    assert head.fc6.weight.shape == (4096, 512 * pooled * pooled)
+    x = torch.randn(4, 512, pooled, pooled)
+    ref = tv.classifier[:5](torch.flatten(tv.avgpool(x), 1))
+    torch.testing.assert_close(head(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_vgg16_box_head_refuses_to_fold_fc6_to_more_than_7_cells(tmp_path):
+    head = RBVGG16FCHead(make_cfg(), ShapeSpec(channels=8, height=9, width=9))
+    weights = {"fc6.weight": torch.zeros(4096, 8 * 49)}
+    with pytest.raises(ValueError, match="9x9.*POOLER_RESOLUTION 1 to 7"):
+        head.adapt_loaded_weights(weights, "")
 
 def _vgg16_block_params(blocks):
     """Parameters of VGG-16's first `blocks` conv blocks, from configuration D of the VGG paper (Table 1): 3x3 convs

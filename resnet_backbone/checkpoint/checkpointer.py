@@ -132,12 +132,21 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         weights = checkpoint.pop("model")
         self._convert_ndarray_to_tensor(weights)
         model_state = self.model.state_dict()
+        # modules whose parameters take another form of a checkpoint's tensors convert them (RBVGG16FCHead)
+        adapters = [(f"{name}." if name else "", module) for name, module in self.model.named_modules()
+                    if hasattr(module, "adapt_loaded_weights")]
         if checkpoint.get("matching_heuristics", False):
             # Rename by detectron2's suffix-matching heuristics here, once, so that the coverage check
-            # below sees the names that will actually be loaded.
+            # below sees the names that will actually be loaded. They drop a tensor of another shape than the
+            # model's, so they are shown the shapes the adapters take instead (only .shape is read).
+            shapes = dict(model_state)
+            for prefix, module in adapters:
+                shapes.update({k: torch.empty(s, device="meta") for k, s in module.loadable_shapes(prefix).items()})
             weights = align_and_update_state_dicts(
-                model_state, weights, c2_conversion=checkpoint.get("__author__", None) == "Caffe2"
+                shapes, weights, c2_conversion=checkpoint.get("__author__", None) == "Caffe2"
             )
+        for prefix, module in adapters:
+            module.adapt_loaded_weights(weights, prefix)
         model_shapes = {k: shape_of(v) for k, v in model_state.items()}
         del model_state
         self._check_before_copy(model_shapes, weights)

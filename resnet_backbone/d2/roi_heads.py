@@ -5,7 +5,8 @@
   block stride 2) and global average pooling. Its stage is `roi_heads.res5`, named like the backbone's stages, so
   one plugin ResNet checkpoint initialises backbone (stem, res2-res4) and head (res5) together.
 * `RBVGG16FCHead` (ROI_BOX_HEAD_REGISTRY): VGG-16's fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout on the 7x7
-  RoI-pooled conv5_3 map, as in Faster R-CNN; names fc6 / fc7 match the plugin VGG-16 classifier.
+  RoI-pooled conv5_3 map, as in Faster R-CNN; names fc6 / fc7 match the plugin VGG-16 classifier. On a smaller
+  pooled RoI it loads a 7x7 fc6 folded (`fold_fc6`): the classifier's adaptive pooling to 7x7, then fc6.
 """
 import torch
 import torch.nn.functional as F
@@ -17,11 +18,11 @@ from torch import nn
 
 from ..modeling.options import check_rate
 from ..modeling.resnet import make_stage, resnet_stage_specs
-from ..modeling.vgg import VGG_FC_DIM
+from ..modeling.vgg import VGG_FC_DIM, VGG_POOL_SIZE
 from .backbones import resnet_options_from_cfg
 from .registry import register_once
 
-__all__ = ["RBRes5ROIHeads", "RBVGG16FCHead", "build_res5_head_stage", "res5_head_stage"]
+__all__ = ["RBRes5ROIHeads", "RBVGG16FCHead", "build_res5_head_stage", "fold_fc6", "res5_head_stage"]
 
 
 def res5_head_stage(depth=101, *, shortcut="B", norm="BN", stride_in_1x1=True, num_groups=1, zero_init_last=False,
@@ -88,8 +89,11 @@ class RBVGG16FCHead(nn.Module):
     """fc6 (C*H*W -> 4096) -> ReLU -> dropout -> fc7 (4096 -> 4096) -> ReLU -> dropout (VGG-16's classifier body).
 
     With the 7x7x512 RoI pool of conv5_3 the shapes are those of VGG-16's fc6 / fc7, so a plugin VGG-16 classifier
-    (fc6, fc7) or torchvision vgg16 (classifier.0, classifier.3) initialises them. MODEL.ROI_BOX_HEAD.{NUM_FC,
-    FC_DIM, NUM_CONV} are not used: the layout is VGG's.
+    (fc6, fc7) or torchvision vgg16 (classifier.0, classifier.3) initialises them. A smaller pooled RoI (HxW, H and
+    W at most 7) gets an fc6 of C*H*W inputs, and a 7x7 fc6 loaded into it is folded (`adapt_loaded_weights`): the
+    head then computes what the classifier computes on a pool5 of that size (adaptive pooling to 7x7, then fc6),
+    and fc6 trains as one layer on the pooled cells rather than as 49 copies fed the same values.
+    MODEL.ROI_BOX_HEAD.{NUM_FC, FC_DIM, NUM_CONV} are not used: the layout is VGG's.
     """
 
     @configurable
@@ -97,8 +101,8 @@ class RBVGG16FCHead(nn.Module):
         super().__init__()
         if not input_shape.channels or not input_shape.height or not input_shape.width:
             raise ValueError(f"RBVGG16FCHead needs channels, height and width of the pooled RoI, got {input_shape}")
-        in_dim = input_shape.channels * input_shape.height * input_shape.width
-        self.fc6 = nn.Linear(in_dim, VGG_FC_DIM)
+        self.pooled = (input_shape.channels, input_shape.height, input_shape.width)
+        self.fc6 = nn.Linear(input_shape.channels * input_shape.height * input_shape.width, VGG_FC_DIM)
         self.fc7 = nn.Linear(VGG_FC_DIM, VGG_FC_DIM)
         self.dropout = nn.Dropout(check_rate("MODEL.VGG.DROPOUT", dropout))
         for fc in (self.fc6, self.fc7):
@@ -109,6 +113,20 @@ class RBVGG16FCHead(nn.Module):
     def from_config(cls, cfg, input_shape):
         return {"input_shape": input_shape, "dropout": cfg.MODEL.VGG.DROPOUT}
 
+    def loadable_shapes(self, prefix: str) -> dict:
+        """{key: shape} of the checkpoint tensors `adapt_loaded_weights` converts: a 7x7 fc6 on a smaller RoI."""
+        channels, height, width = self.pooled
+        if (height, width) == (VGG_POOL_SIZE, VGG_POOL_SIZE):
+            return {}
+        return {prefix + "fc6.weight": (VGG_FC_DIM, channels * VGG_POOL_SIZE**2)}
+
+    def adapt_loaded_weights(self, weights: dict, prefix: str) -> None:
+        """Fold a 7x7 fc6 in `weights` (keys under `prefix`) to this head's pooled size, in place; the
+        checkpointer calls it before it compares shapes. Any other fc6 is left for that comparison."""
+        for key, shape in self.loadable_shapes(prefix).items():
+            if key in weights and tuple(weights[key].shape) == shape:
+                weights[key] = fold_fc6(weights[key], self.pooled[0], self.pooled[1:])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x, 1)  # (C, H, W) order, as VGG's and torchvision's flatten before fc6
         x = self.dropout(F.relu(self.fc6(x)))
@@ -118,6 +136,21 @@ class RBVGG16FCHead(nn.Module):
     @torch.jit.unused  # as detectron2's box heads: a construction-time property, not part of a scripted head
     def output_shape(self) -> ShapeSpec:
         return ShapeSpec(channels=VGG_FC_DIM)
+
+
+def fold_fc6(weight: torch.Tensor, channels: int, pooled) -> torch.Tensor:
+    """fc6's weight (out, C*7*7) as one on a (C, H, W) map: fc6(flatten(adaptive_avg_pool2d(x, 7))) is linear in
+    x, and the folded weight is that map. H and W at most 7 (adaptive pooling then spreads each cell over the 7x7
+    grid, as the VGG classifier does with a small pool5)."""
+    height, width = pooled
+    if not (1 <= height <= VGG_POOL_SIZE and 1 <= width <= VGG_POOL_SIZE):
+        raise ValueError(f"a 7x7 fc6 folds to a pooled RoI of 1..7 cells a side, got {height}x{width}; "
+                         f"allowed: MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 1 to 7 for RBVGG16FCHead")
+    cells = height * width
+    basis = torch.eye(cells, dtype=weight.dtype, device=weight.device).view(cells, 1, height, width)
+    spread = F.adaptive_avg_pool2d(basis, VGG_POOL_SIZE).view(cells, VGG_POOL_SIZE**2)  # cell -> 7x7 grid
+    folded = torch.einsum("ocp,qp->ocq", weight.reshape(weight.shape[0], channels, VGG_POOL_SIZE**2), spread)
+    return folded.reshape(weight.shape[0], channels * cells).contiguous()
 
 
 register_once(ROI_HEADS_REGISTRY, RBRes5ROIHeads)
