@@ -240,19 +240,21 @@ def _coco_ap50(folder: Path) -> float:
 
 def tune(plan: Plan, logs: Path) -> dict:
     """Run the grid: every pretraining arm at every lr of grid.pretrain_lrs, scored by its validation top-1 error;
-    every detector at every lr of grid.detection_lrs on tune_train (pretrained ones from their arm's best grid
-    pretraining), scored by COCO AP50 on tune_val (AP at IoU .5: it still separates
-    detectors that AP at [.5, .95] puts at 0 after a short schedule). Returns {"tuned": ..., "grid_results": ...}."""
+    then each arm's seed-0 pretraining at its chosen lr (the main run's own stage, kept for it); every detector at
+    every lr of grid.detection_lrs on tune_train (pretrained ones from that pretraining: the lr is chosen for the
+    weights the main run fine-tunes, not for a shortened pretraining's), scored by COCO AP50 on tune_val (AP at IoU
+    .5: it still separates detectors that AP at [.5, .95] puts at 0 after a short schedule). Returns {"tuned": ...,
+    "grid_results": ...}."""
     grid = plan.sections["grid"]
     folder = plan.out / "tune"
     pre = {name: [plan.pretraining(name, folder / f"{name}_lr{lr}", seed=0, lr={"PRETRAIN.SOLVER.BASE_LR": lr},
                                    schedule=grid["pretrain_schedule"]) for lr in grid["pretrain_lrs"]]
            for name, *_ in PRETRAININGS}
-    total = sum(map(len, pre.values())) + len(DETECTORS) * len(grid["detection_lrs"])
+    total = sum(map(len, pre.values())) + len(PRETRAININGS) + len(DETECTORS) * len(grid["detection_lrs"])
     log(f"lr grid: {total} short runs on held-out training data ({OVERRIDES.name}, section grid)")
     first = [s for stages in pre.values() for s in stages]
     done = _run_grid(first, logs, 1, total)
-    tuned, results, best_stage = {}, {}, {}
+    tuned, results, chosen = {}, {}, {}
     for name, stages in pre.items():
         scores = {}
         for lr, stage in zip(grid["pretrain_lrs"], stages):
@@ -261,19 +263,20 @@ def tune(plan: Plan, logs: Path) -> dict:
             scores[lr] = round(100 * float(err), 1) if _finite(err) else float("nan")
         lr = best_lr(scores, lower_is_better=True)
         tuned[name], results[name] = {"PRETRAIN.SOLVER.BASE_LR": lr}, scores
-        best_stage[name] = stages[grid["pretrain_lrs"].index(lr)]
+        chosen[name] = plan.pretraining(name, plan.out / "seed0" / name, seed=0, lr=tuned[name])
         log(f"    {name}: validation top-1 error (%) by lr {scores} -> lr {lr}")
     from resnet_backbone.demo_report import plot_grid
 
     plot = plot_grid({name: {lr: str(st.output_dir) for lr, st in zip(grid["pretrain_lrs"], stages)
                              if st.name in done} for name, stages in pre.items()}, str(folder / "grid.png"))
     log(f"    pretraining curves of the grid: {plot}")
+    run_stages(list(chosen.values()), logs, len(first) + 1, total)
     det = {}
     for name, _, _, pretrained in DETECTORS:
         det[name] = [plan.detection(name, folder / f"{name}_lr{lr}", seed=0, lr={"SOLVER.BASE_LR": lr},
-                                    weights=best_stage.get(pretrained), schedule=grid["detection_schedule"])[2]
+                                    weights=chosen.get(pretrained), schedule=grid["detection_schedule"])[2]
                      for lr in grid["detection_lrs"]]
-    done = _run_grid([s for stages in det.values() for s in stages], logs, len(first) + 1, total)
+    done = _run_grid([s for stages in det.values() for s in stages], logs, len(first) + len(chosen) + 1, total)
     for name, stages in det.items():
         scores = {lr: round(_coco_ap50(s.output_dir), 1) if s.name in done else float("nan")
                   for lr, s in zip(grid["detection_lrs"], stages)}
