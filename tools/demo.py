@@ -251,7 +251,7 @@ def tune(plan: Plan, logs: Path) -> dict:
                                    schedule=grid["pretrain_schedule"]) for lr in grid["pretrain_lrs"]]
            for name, *_ in PRETRAININGS}
     total = sum(map(len, pre.values())) + len(PRETRAININGS) + len(DETECTORS) * len(grid["detection_lrs"])
-    log(f"lr grid: {total} short runs on held-out training data ({OVERRIDES.name}, section grid)")
+    log(f"lr grid: {total} runs, scored on held-out training data ({OVERRIDES.name}, section grid)")
     first = [s for stages in pre.values() for s in stages]
     done = _run_grid(first, logs, 1, total)
     tuned, results, chosen = {}, {}, {}
