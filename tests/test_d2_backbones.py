@@ -16,10 +16,10 @@ from torch import nn
 import resnet_backbone
 from resnet_backbone.d2.backbones import (build_rb_resnet_backbone, build_rb_resnet_fpn_backbone,
                                           build_rb_retinanet_resnet_fpn_backbone, build_rb_vgg16_backbone)
-from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead
 from resnet_backbone.checkpoint.checkpointer import SafeDetectionCheckpointer
 from resnet_backbone.checkpoint.convert import plugin_to_detectron2
 from resnet_backbone.checkpoint.pkl_writer import save_pkl
+from resnet_backbone.d2.roi_heads import RBRes5ROIHeads, RBVGG16FCHead
 from resnet_backbone.d2.weights import DETECTOR_LAYOUTS, map_classifier_to_detector
 from resnet_backbone.modeling import ResNet
 from resnet_backbone.modeling.blocks import BasicBlock, BottleneckBlock
@@ -317,7 +317,6 @@ def test_vgg16_backbone_and_box_head_load_torchvision_vgg16():
     torch.testing.assert_close(head(pooled), tv.classifier[:5](torch.flatten(pooled, 1)), rtol=1e-4, atol=1e-4)
 
 
-
 @torch.no_grad()
 @pytest.mark.parametrize("pooled", [1, 2, 3])
 @pytest.mark.parametrize("source", ["detector checkpoint", "pretraining export"])
@@ -344,11 +343,12 @@ def test_vgg16_box_head_on_a_small_pooled_roi_computes_torchvision_vgg16s_classi
     torch.testing.assert_close(head(x), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_vgg16_box_head_refuses_to_fold_fc6_to_more_than_7_cells(tmp_path):
+def test_vgg16_box_head_refuses_to_fold_fc6_to_more_than_7_cells():
     head = RBVGG16FCHead(make_cfg(), ShapeSpec(channels=8, height=9, width=9))
     weights = {"fc6.weight": torch.zeros(4096, 8 * 49)}
     with pytest.raises(ValueError, match="9x9.*POOLER_RESOLUTION 1 to 7"):
         head.adapt_loaded_weights(weights, "")
+
 
 def _vgg16_block_params(blocks):
     """Parameters of VGG-16's first `blocks` conv blocks, from configuration D of the VGG paper (Table 1): 3x3 convs

@@ -194,6 +194,11 @@ class Plan:
     def tuned(self, name: str) -> dict:
         return self.sections["tuned"][name]
 
+    def seed_pretraining(self, name: str, seed: int, lr: Optional[dict] = None) -> Stage:
+        """The main run's pretraining of arm `name` for `seed`, at `lr` (default: its tuned lr); --tune's detection
+        grid reads seed 0's."""
+        return self.pretraining(name, self.out / f"seed{seed}" / name, seed=seed, lr=lr or self.tuned(name))
+
 
 def run_stages(stages: List[Stage], logs: Path, first: int, total: int) -> int:
     try:
@@ -263,7 +268,7 @@ def tune(plan: Plan, logs: Path) -> dict:
             scores[lr] = round(100 * float(err), 1) if _finite(err) else float("nan")
         lr = best_lr(scores, lower_is_better=True)
         tuned[name], results[name] = {"PRETRAIN.SOLVER.BASE_LR": lr}, scores
-        chosen[name] = plan.pretraining(name, plan.out / "seed0" / name, seed=0, lr=tuned[name])
+        chosen[name] = plan.seed_pretraining(name, 0, tuned[name])
         log(f"    {name}: validation top-1 error (%) by lr {scores} -> lr {lr}")
     from resnet_backbone.demo_report import plot_grid
 
@@ -437,8 +442,7 @@ def main(argv=None):
 
     pretrain_stages, detector_stages = {}, {}
     for name, label, _, _ in PRETRAININGS:
-        pretrain_stages[name] = (label, [plan.pretraining(name, out / f"seed{s}" / name, seed=s, lr=plan.tuned(name))
-                                         for s in range(args.seeds)])
+        pretrain_stages[name] = (label, [plan.seed_pretraining(name, s) for s in range(args.seeds)])
     for name, config, _, pretrained in DETECTORS:
         built = [plan.detection(name, out / f"seed{s}" / name, seed=s, lr=plan.tuned(name),
                                 weights=pretrain_stages[pretrained][1][s] if pretrained else None)
