@@ -73,6 +73,35 @@ def test_preempted_worker_exits_with_the_documented_code(monkeypatch):
     assert info.value.code == EXIT_PREEMPTED
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_worker_leaves_no_process_group_behind(tmp_path, fails):
+    # gloo's worker threads may still hold the last collective's tensors when the process exits; freeing them during
+    # interpreter shutdown aborted a rank now and then (SIGABRT after a finished 2-process run)
+    import torch.distributed as dist
+    from resnet_backbone.engine.launch import _run_worker
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+    def work(args):
+        gathered = [None]
+        dist.all_gather_object(gathered, {"rank": 0})
+        dist.barrier()
+        if fails:
+            raise RuntimeError("worker failed")
+        return gathered
+
+    try:
+        if fails:
+            with pytest.raises(RuntimeError, match="worker failed"):
+                _run_worker(work, None)
+        else:
+            assert _run_worker(work, None) == [{"rank": 0}]
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_rng_state_round_trip_and_preserved_blocks():
     state = capture_rng_state()
     expected = (torch.rand(3), np.random.rand(), random.random())

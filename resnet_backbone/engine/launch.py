@@ -46,12 +46,17 @@ def check_launch_args(num_gpus: int, num_machines: int = 1, machine_rank: int = 
 
 
 def _run_worker(main_func, args):
-    """`main_func(args)` in one process; a preempted training (checkpoint saved) exits with EXIT_PREEMPTED."""
+    """`main_func(args)` in one process; a preempted training (checkpoint saved) exits with EXIT_PREEMPTED.
+    A process group is destroyed before the process exits: gloo's worker threads may still hold the last
+    collective's tensors, and freeing those during interpreter shutdown aborts the process (SIGABRT)."""
     try:
         return main_func(args)
     except TrainingPreempted as e:
         print(f"{e}; exiting with code {EXIT_PREEMPTED}: continue with --resume", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_PREEMPTED) from None
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -95,10 +100,7 @@ def _launch_by_launcher(main_func, args, launcher):
               file=sys.stderr, flush=True)
         args.resume = True
     join_process_group(launcher)
-    try:
-        return _run_worker(main_func, args)
-    finally:
-        dist.destroy_process_group()
+    return _run_worker(main_func, args)
 
 
 def launch_checked(main_func, args):
