@@ -73,8 +73,8 @@ def test_preempted_worker_exits_with_the_documented_code(monkeypatch):
     assert info.value.code == EXIT_PREEMPTED
 
 
-@pytest.mark.parametrize("fails", [False, True])
-def test_worker_leaves_no_process_group_behind(tmp_path, fails):
+@pytest.mark.parametrize("preempted", [False, True])
+def test_finished_worker_leaves_no_process_group_behind(tmp_path, preempted):
     # gloo's worker threads may still hold the last collective's tensors when the process exits; freeing them during
     # interpreter shutdown aborted a rank now and then (SIGABRT after a finished 2-process run)
     import torch.distributed as dist
@@ -86,14 +86,15 @@ def test_worker_leaves_no_process_group_behind(tmp_path, fails):
         gathered = [None]
         dist.all_gather_object(gathered, {"rank": 0})
         dist.barrier()
-        if fails:
-            raise RuntimeError("worker failed")
+        if preempted:
+            raise TrainingPreempted(4, "out/model_0000003.pth", "SIGTERM")
         return gathered
 
     try:
-        if fails:
-            with pytest.raises(RuntimeError, match="worker failed"):
+        if preempted:
+            with pytest.raises(SystemExit) as info:
                 _run_worker(work, None)
+            assert info.value.code == EXIT_PREEMPTED
         else:
             assert _run_worker(work, None) == [{"rank": 0}]
         assert not dist.is_initialized()

@@ -46,17 +46,23 @@ def check_launch_args(num_gpus: int, num_machines: int = 1, machine_rank: int = 
 
 
 def _run_worker(main_func, args):
-    """`main_func(args)` in one process; a preempted training (checkpoint saved) exits with EXIT_PREEMPTED.
-    A process group is destroyed before the process exits: gloo's worker threads may still hold the last
-    collective's tensors, and freeing those during interpreter shutdown aborts the process (SIGABRT)."""
+    """`main_func(args)` in one process; a preempted training (checkpoint saved) exits with EXIT_PREEMPTED."""
     try:
-        return main_func(args)
+        result = main_func(args)
     except TrainingPreempted as e:
+        _leave_process_group()  # every rank stopped after the same iteration: no collective is pending
         print(f"{e}; exiting with code {EXIT_PREEMPTED}: continue with --resume", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_PREEMPTED) from None
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    _leave_process_group()
+    return result
+
+
+def _leave_process_group():
+    """Destroy the process group of a process that finished: gloo's worker threads may still hold the last
+    collective's tensors, and freeing them during interpreter shutdown aborts the process (SIGABRT). Not after an
+    error: a collective that another rank never joins may be pending, and destroying the group would wait for it."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
