@@ -335,3 +335,15 @@ def test_seeds_give_mean_and_std_per_cell():
     assert lines[0].startswith("ResNet-101 pretrained beats ResNet-101 from scratch in COCO-format AP: held")
     assert "2 x the larger std = 4.0" in lines[0]
     assert lines[-1].startswith("ResNet-101 pretrained reaches VOC-format mAP@.5 >= 70") and "held (76.0)" in lines[-1]
+
+
+def test_pretraining_finding_states_its_bar_and_no_spread_for_one_seed():
+    from resnet_backbone.demo_report import PretrainEntry, findings
+
+    def entries(label, errors):
+        return [PretrainEntry(label, "-", 500, e, 0.0, None) for e in errors]
+
+    one, three = findings([], [entries("VGG-16", [0.575])]), findings([], [entries("ResNet-101", [0.1, 0.2, 0.3])])
+    assert one == ["VGG-16 pretraining learned the digits (validation top-1 error below 45%, half of chance's 90%): "
+                   "did not hold (57.5%)"]
+    assert three[0].endswith(": held (20.0% ± 10.0)")
