@@ -1,6 +1,7 @@
 """Launchers read from the environment (torchrun, SLURM's srun), the refusals of contradictory flags before anything
 is written, the shared RNG / per-sample seeding pieces and the resumable loader's batches (fast, in-process; the
 multi-process runs are in test_distributed.py and test_cluster_preemption.py)."""
+import os
 import random
 import sys
 
@@ -73,34 +74,47 @@ def test_preempted_worker_exits_with_the_documented_code(monkeypatch):
     assert info.value.code == EXIT_PREEMPTED
 
 
+def _threads():
+    return len(os.listdir("/proc/self/task"))  # native threads too (gloo's), which `threading` does not list
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
 @pytest.mark.parametrize("preempted", [False, True])
-def test_finished_worker_leaves_no_process_group_behind(tmp_path, preempted):
-    # gloo's worker threads may still hold the last collective's tensors when the process exits; freeing them during
-    # interpreter shutdown aborted a rank now and then (SIGABRT after a finished 2-process run)
+def test_finished_worker_joins_its_process_groups_threads(tmp_path, preempted):
+    # a gloo thread still holding the last collective's tensors when the interpreter shuts down aborted a finished
+    # rank now and then (SIGABRT): the worker destroys its groups, detectron2's local one and cached one included,
+    # so that their threads are gone before it returns
     import torch.distributed as dist
+    from detectron2.utils import comm
     from resnet_backbone.engine.launch import _run_worker
 
+    before = _threads()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    comm._LOCAL_PROCESS_GROUP = dist.new_group([0])  # what detectron2's launch makes (create_local_process_group)
 
     def work(args):
-        gathered = [None]
-        dist.all_gather_object(gathered, {"rank": 0})
-        dist.barrier()
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))  # holds the group, in a cycle
+        model(torch.ones(1, 2)).sum().backward()
+        gathered = comm.all_gather({"rank": comm.get_local_rank()})  # detectron2's cached gloo group
+        comm.synchronize()
         if preempted:
             raise TrainingPreempted(4, "out/model_0000003.pth", "SIGTERM")
         return gathered
 
     try:
+        assert _threads() > before
         if preempted:
             with pytest.raises(SystemExit) as info:
                 _run_worker(work, None)
             assert info.value.code == EXIT_PREEMPTED
         else:
             assert _run_worker(work, None) == [{"rank": 0}]
-        assert not dist.is_initialized()
+        assert not dist.is_initialized() and comm._LOCAL_PROCESS_GROUP is None
+        assert _threads() == before
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        comm._LOCAL_PROCESS_GROUP = None
 
 
 def test_rng_state_round_trip_and_preserved_blocks():

@@ -3,6 +3,7 @@
 process dies, and the preemption exit code (engine/preemption.py) passed on from the workers."""
 import contextlib
 import functools
+import gc
 import importlib
 import inspect
 import logging
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
 
 from .cluster import detect_launcher, join_process_group, launcher_mismatch
 from .preemption import EXIT_PREEMPTED, PREEMPTION_SIGNALS, TrainingPreempted
@@ -47,22 +49,35 @@ def check_launch_args(num_gpus: int, num_machines: int = 1, machine_rank: int = 
 
 def _run_worker(main_func, args):
     """`main_func(args)` in one process; a preempted training (checkpoint saved) exits with EXIT_PREEMPTED."""
+    preempted = None
     try:
         result = main_func(args)
-    except TrainingPreempted as e:
-        _leave_process_group()  # every rank stopped after the same iteration: no collective is pending
-        print(f"{e}; exiting with code {EXIT_PREEMPTED}: continue with --resume", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_PREEMPTED) from None
+    except TrainingPreempted as e:  # every rank stopped after the same iteration: no collective is pending
+        preempted = str(e)
+    # outside the handler: the exception's frames, which hold the model and through it the groups, are gone
     _leave_process_group()
+    if preempted is not None:
+        print(f"{preempted}; exiting with code {EXIT_PREEMPTED}: continue with --resume", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_PREEMPTED)
     return result
 
 
 def _leave_process_group():
-    """Destroy the process group of a process that finished: gloo's worker threads may still hold the last
-    collective's tensors, and freeing them during interpreter shutdown aborts the process (SIGABRT). Not after an
-    error: a collective that another rank never joins may be pending, and destroying the group would wait for it."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process groups of a process that finished, so that their threads are joined while Python runs:
+    a gloo thread may still hold the last collective's tensors, and freeing them during interpreter shutdown aborts
+    the process (SIGABRT). Not after an error: a collective that another rank never joins may be pending, and
+    destroying the group would wait for it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # the training's DDP wrapper, in reference cycles, holds the group too
+    dist.destroy_process_group()
+    # detectron2's comm keeps the groups it made or looked up (its local group; its gloo group, cached): a group
+    # lives, threads and all, until its last reference goes
+    cached_gloo_group = getattr(comm, "_get_global_gloo_group", None)
+    if hasattr(cached_gloo_group, "cache_clear"):
+        cached_gloo_group.cache_clear()
+    if hasattr(comm, "_LOCAL_PROCESS_GROUP"):
+        comm._LOCAL_PROCESS_GROUP = None
 
 
 @contextlib.contextmanager
