@@ -88,6 +88,7 @@ def test_finished_worker_joins_its_process_groups_threads(tmp_path, preempted):
     from detectron2.utils import comm
     from resnet_backbone.engine.launch import _run_worker
 
+    torch.nn.Linear(2, 1)(torch.ones(1, 2)).sum().backward()  # any thread pools the computation starts, first
     before = _threads()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     comm._LOCAL_PROCESS_GROUP = dist.new_group([0])  # what detectron2's launch makes (create_local_process_group)
