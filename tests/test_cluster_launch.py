@@ -74,6 +74,22 @@ def test_preempted_worker_exits_with_the_documented_code(monkeypatch):
     assert info.value.code == EXIT_PREEMPTED
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU processes share the cores")
+def test_launched_cpu_workers_share_the_cores(monkeypatch):
+    from resnet_backbone.engine.launch import _run_launched_worker
+
+    args = build_argument_parser().parse_args(["--config", "x.yaml", "--num-gpus", "2"])
+    default = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert _run_launched_worker(lambda a: torch.get_num_threads(), args) == max(1, default // 2)
+        torch.set_num_threads(default)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # said by the user (or torchrun): left alone
+        assert _run_launched_worker(lambda a: torch.get_num_threads(), args) == default
+    finally:
+        torch.set_num_threads(default)
+
+
 def _threads():
     return len(os.listdir("/proc/self/task"))  # native threads too (gloo's), which `threading` does not list
 

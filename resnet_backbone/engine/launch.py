@@ -62,6 +62,15 @@ def _run_worker(main_func, args):
     return result
 
 
+def _run_launched_worker(main_func, args):
+    """One of the processes detectron2's launch started on this machine. Without CUDA they share its CPU cores:
+    each takes its share of threads instead of one per core each (oversubscribed cores slow every process down),
+    unless OMP_NUM_THREADS says how many (torchrun sets it to 1)."""
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, torch.get_num_threads() // args.num_gpus))  # the default: one per core
+    return _run_worker(main_func, args)
+
+
 def _leave_process_group():
     """Destroy the process groups of a process that finished, so that their threads are joined while Python runs:
     a gloo thread may still hold the last collective's tensors, and freeing them during interpreter shutdown aborts
@@ -141,7 +150,7 @@ def launch_checked(main_func, args):
         return _run_worker(main_func, args)  # what detectron2's launch does for one process, keeping the result
     try:
         with _signals_forwarded_to_workers():
-            return launch(functools.partial(_run_worker, main_func), args.num_gpus, num_machines=args.num_machines,
+            return launch(functools.partial(_run_launched_worker, main_func), args.num_gpus, num_machines=args.num_machines,
                           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except mp.ProcessExitedException as e:
         rank = args.machine_rank * args.num_gpus + e.error_index
